@@ -1,0 +1,146 @@
+"""Clip encoders: a 3D ResNet for frames and a 2D ResNet for log-mel patches.
+
+One residual network definition serves both: ``dims=3`` builds the visual
+CNN (a "slow"-pathway style 3D ResNet: the stem and all strides are spatial
+only, and the first convolution of every residual block has temporal extent
+``temporal_kernel``, so the clip's frame count is kept to the end), ``dims=2``
+builds the audio CNN over (mel, time). Depth 18 uses basic blocks, depth 50
+bottleneck blocks, with ``width`` channels after the stem.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
+
+
+def _conv(dims: int, cin: int, cout: int, kernel: tuple[int, ...], stride: tuple[int, ...]) -> nn.Module:
+    conv = nn.Conv3d if dims == 3 else nn.Conv2d
+    padding = tuple(k // 2 for k in kernel)
+    return conv(cin, cout, kernel, stride=stride, padding=padding, bias=False)
+
+
+def _norm(dims: int, channels: int) -> nn.Module:
+    return nn.BatchNorm3d(channels) if dims == 3 else nn.BatchNorm2d(channels)
+
+
+def _kernel(dims: int, spatial: int, temporal: int) -> tuple[int, ...]:
+    return (temporal, spatial, spatial) if dims == 3 else (spatial, spatial)
+
+
+def _stride(dims: int, spatial: int) -> tuple[int, ...]:
+    return (1, spatial, spatial) if dims == 3 else (spatial, spatial)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, dims: int, cin: int, width: int, stride: int, temporal: int):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = _conv(dims, cin, width, _kernel(dims, 3, temporal), _stride(dims, stride))
+        self.bn1 = _norm(dims, width)
+        self.conv2 = _conv(dims, width, cout, _kernel(dims, 3, 1), _stride(dims, 1))
+        self.bn2 = _norm(dims, cout)
+        nn.init.zeros_(self.bn2.weight)  # each block starts as the identity
+        self.shortcut = _shortcut(dims, cin, cout, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, dims: int, cin: int, width: int, stride: int, temporal: int):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = _conv(dims, cin, width, _kernel(dims, 1, temporal), _stride(dims, 1))
+        self.bn1 = _norm(dims, width)
+        self.conv2 = _conv(dims, width, width, _kernel(dims, 3, 1), _stride(dims, stride))
+        self.bn2 = _norm(dims, width)
+        self.conv3 = _conv(dims, width, cout, _kernel(dims, 1, 1), _stride(dims, 1))
+        self.bn3 = _norm(dims, cout)
+        nn.init.zeros_(self.bn3.weight)
+        self.shortcut = _shortcut(dims, cin, cout, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        return torch.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+def _shortcut(dims: int, cin: int, cout: int, stride: int) -> nn.Module:
+    if cin == cout and stride == 1:
+        return nn.Identity()
+    return nn.Sequential(_conv(dims, cin, cout, _kernel(dims, 1, 1), _stride(dims, stride)), _norm(dims, cout))
+
+
+class ResNet(nn.Module):
+    """Residual network over 2D (audio) or 3D (video) inputs, globally pooled.
+
+    Input [N, C, (F,) H, W]; output [N, out_dim] with
+    ``out_dim = 8 * width * expansion``.
+    """
+
+    def __init__(self, dims: int, depth: int, width: int, in_channels: int, temporal_kernel: int = 1):
+        super().__init__()
+        if depth not in STAGE_BLOCKS:
+            raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
+        block = Bottleneck if depth == 50 else BasicBlock
+        self.dims = dims
+        self.stem = nn.Sequential(
+            _conv(dims, in_channels, width, _kernel(dims, 7, 1), _stride(dims, 2)),
+            _norm(dims, width),
+            nn.ReLU(inplace=True),
+            (nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)) if dims == 3 else nn.MaxPool2d(3, 2, 1)),
+        )
+        stages, cin = [], width
+        for i, blocks in enumerate(STAGE_BLOCKS[depth]):
+            stage_width = width * 2**i
+            layers = []
+            for j in range(blocks):
+                stride = 2 if (i > 0 and j == 0) else 1
+                layers.append(block(dims, cin, stage_width, stride, temporal_kernel))
+                cin = stage_width * block.expansion
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+        self.out_dim = cin
+        self.gradient_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
+        return x.flatten(2).mean(-1)
+
+
+class ClipEncoder(nn.Module):
+    """A CNN per clip, then a linear map to the Transformer width and LayerNorm:
+    one token per clip. Input [B, T, C, ...] -> tokens [B, T, D]."""
+
+    def __init__(self, cnn: ResNet, width: int):
+        super().__init__()
+        self.cnn = cnn
+        self.proj = nn.Linear(cnn.out_dim, width)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        b, t = clips.shape[:2]
+        features = self.cnn(clips.flatten(0, 1))
+        return self.norm(self.proj(features)).view(b, t, -1)
+
+
+def visual_encoder(depth: int, width: int, temporal_kernel: int, token_width: int) -> ClipEncoder:
+    return ClipEncoder(ResNet(3, depth, width, in_channels=3, temporal_kernel=temporal_kernel), token_width)
+
+
+def audio_encoder(depth: int, width: int, token_width: int) -> ClipEncoder:
+    return ClipEncoder(ResNet(2, depth, width, in_channels=1), token_width)
