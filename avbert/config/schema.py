@@ -171,6 +171,7 @@ class ObjectiveConfig:
     num_negatives: int = 16
     temperature: float = 0.1  # CANS sampling temperature on cosine similarity
     score: Literal["projected", "bilinear"] = "projected"
+    score_temperature: float = 0.1  # temperature of the projected MEP score (cosine / t)
     cpp_prob: float = 0.5
     weights: dict[str, float] = field(
         default_factory=lambda: {"mep_visual": 1.0, "mep_audio": 1.0, "mep_multimodal": 1.0, "cpp": 1.0}
@@ -185,8 +186,8 @@ class ObjectiveConfig:
             raise ValueError("mask_replace + mask_random must be <= 1")
         if self.num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {self.num_negatives}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.temperature <= 0 or self.score_temperature <= 0:
+            raise ValueError("temperature and score_temperature must be > 0")
         known = {"mep_visual", "mep_audio", "mep_multimodal", "cpp"}
         unknown = set(self.weights) - known
         if unknown:
