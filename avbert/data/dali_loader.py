@@ -1,0 +1,411 @@
+"""The production manifest loader: NVIDIA DALI decodes video and computes log-mels.
+
+Python plans each batch (which records, which frames, which crop, from
+``avbert.data.clips``) and hands DALI the encoded bytes through an external source; the
+DALI graph then
+
+- decodes the planned frames of every clip with ``fn.decoders.video`` (NVDEC on a GPU,
+  ``device="mixed"``; FFmpeg on CPU, which reads only VP9, VP8 and MJPEG), resizes,
+  crops and mirrors them and normalises to ``(x / 255 - 0.45) / 0.225``;
+- decodes the extracted FLAC with ``fn.decoders.audio``, cuts one window per clip and
+  computes ``fn.spectrogram -> fn.mel_filter_bank(htk, unnormalised) -> fn.to_decibels``,
+  the suite's log-mel (``avbert.data.audio``), cropped or padded to ``mel_frames``.
+
+SpecAugment masks are drawn per sample by ``avbert.data.audio.spec_augment`` from the
+plan's seed, exactly as the PyAV loader draws them, and applied inside the graph. All
+per-sample work happens in DALI's threads, ahead of the training step (prefetch); the
+training thread only copies the finished batch into torch.
+
+A record whose files fail the cheap checks (``probe.check_record``) or cannot be read is
+replaced by the next usable record while planning. When DALI fails on a batch, each of
+its videos is decoded alone to find the culprits; they are remembered, the batch is
+planned again without them and the pipeline is rebuilt, so the run goes on and every
+batch keeps its shape. Skips are counted per reason in ``skipped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+
+from avbert.data.audio import LOGMEL_MEAN, LOGMEL_STD, SILENCE_DB, spec_augment
+from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
+from avbert.data.manifest import Manifest, MediaRecord
+from avbert.data.probe import ProbeError, Reason, check_record, read_bytes, silent_flac
+from avbert.data.pyav_loader import VIDEO_MEAN, VIDEO_STD, first_usable, label_of, skip_counts, torch_threads
+from avbert.data.sampler import epoch_order, rank_shard
+
+logger = logging.getLogger("avbert.data")
+
+CPU_CODECS = frozenset({"vp9", "vp8", "mjpeg"})
+GPU_CODECS = CPU_CODECS | {"h264", "hevc", "av1", "mpeg4"}
+
+
+def gpu_count() -> int:
+    """CUDA devices DALI can use (0 on machines without a GPU or driver)."""
+    try:
+        from nvidia.dali.backend import GetCUDADeviceCount
+
+        return int(GetCUDADeviceCount())
+    except Exception:  # no driver: DALI raises rather than answering 0
+        return 0
+
+
+@dataclass
+class Planned:
+    """One video of a batch: its record, clips and crops, encoded bytes, and the reasons
+    of the records skipped to reach it."""
+
+    position: int
+    record: MediaRecord
+    plan: SamplePlan
+    video: Optional[np.ndarray]
+    audio: np.ndarray
+    reasons: list[str]
+
+
+def _video_branch(inputs, spec: ClipSpec, crops: int, gpu: bool):
+    """Frames -> ``[T, 3, F, S, S]`` per crop (stacked to ``[C, ...]`` for several).
+
+    Each crop resizes only its region of interest: the source rectangle that the crop
+    square covers in the resized frame, mapped at the resized frame's scale. The pixels
+    equal those of resizing the whole frame and then cropping, at a fraction of the cost.
+    """
+    video, frames, flip, *regions = inputs
+    decoded = fn.decoders.video(video, frames=frames, pad_mode="none", device="mixed" if gpu else "cpu")
+    side, views = spec.crop_size, []
+    for region in regions[:crops]:
+        square = fn.resize(decoded, roi_start=region[0:2], roi_end=region[2:4], roi_relative=False,
+                           size=[side, side], interp_type=types.INTERP_LINEAR, antialias=True)
+        planar = fn.crop_mirror_normalize(square, mirror=flip, mean=[VIDEO_MEAN * 255] * 3,
+                                          std=[VIDEO_STD * 255] * 3, dtype=types.FLOAT, output_layout="CFHW")
+        clips = fn.reshape(planar, shape=[3, spec.clips, spec.frames_per_clip, side, side], layout="")
+        views.append(fn.transpose(clips, perm=[1, 0, 2, 3, 4]))
+    return views[0] if crops == 1 else fn.stack(*views)
+
+
+def crop_region(crop, height: int, width: int, side: int) -> np.ndarray:
+    """``[y0, x0, y1, x1]`` in source pixels of the crop square of ``crop``."""
+    scale_y, scale_x = crop.height / height, crop.width / width
+    return np.array([crop.top / scale_y, crop.left / scale_x,
+                     (crop.top + side) / scale_y, (crop.left + side) / scale_x], dtype=np.float32)
+
+
+def _audio_branch(inputs, spec: ClipSpec):
+    """FLAC -> normalised log-mel ``[T, n_mels, mel_frames]``, times the SpecAugment
+    keep-mask when one is fed."""
+    audio, starts, length, *keep = inputs
+    wave, _ = fn.decoders.audio(audio, sample_rate=spec.sample_rate, downmix=True, dtype=types.FLOAT)
+    window = torch.hann_window(spec.n_fft).tolist()  # periodic, as torchaudio
+    spectra = []
+    for t in range(spec.clips):
+        piece = fn.slice(wave, start=starts[t:t + 1], shape=length, axes=[0],
+                         out_of_bounds_policy="pad", fill_values=0.0)
+        spectra.append(fn.spectrogram(piece, nfft=spec.n_fft, window_length=spec.n_fft,
+                                      window_step=spec.hop_length, window_fn=window,
+                                      center_windows=True, reflect_padding=True, power=2))
+    mel = fn.mel_filter_bank(fn.stack(*spectra), sample_rate=spec.sample_rate, nfilter=spec.n_mels,
+                             freq_low=0.0, freq_high=spec.sample_rate / 2, mel_formula="htk",
+                             normalize=False)
+    db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=SILENCE_DB)
+    db = fn.slice(db, start=[0], shape=[spec.mel_frames], axes=[2], out_of_bounds_policy="pad",
+                  fill_values=SILENCE_DB)
+    normalised = (db - LOGMEL_MEAN) / LOGMEL_STD
+    return normalised * keep[0] if keep else normalised
+
+
+def build_pipeline(spec: ClipSpec, source, batch_size: int, crops: int, need_video: bool, masked: bool,
+                   device_id: Optional[int], num_threads: int, prefetch: int = 2):
+    """The DALI graph fed by ``source`` (a callable returning one list per input)."""
+    video_inputs = 3 + crops if need_video else 0
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                  prefetch_queue_depth=prefetch, exec_dynamic=True)
+    def graph():
+        inputs = fn.external_source(source=source, num_outputs=video_inputs + 3 + masked, batch=True)
+        outputs = []
+        if need_video:
+            outputs.append(_video_branch(inputs[:video_inputs], spec, crops, device_id is not None))
+        outputs.append(_audio_branch(inputs[video_inputs:], spec))
+        return tuple(outputs)
+
+    pipe = graph()
+    pipe.build()
+    return pipe
+
+
+def keep_mask(spec: ClipSpec, seed: int) -> np.ndarray:
+    """float ``[T, n_mels, mel_frames]``: 0 where ``audio.spec_augment`` masks, else 1."""
+    with torch_threads(1):
+        ones = torch.ones(spec.clips, spec.n_mels, spec.mel_frames)
+        generator = torch.Generator().manual_seed(seed)
+        return spec_augment(ones, generator, spec.spec_augment, spec.spec_augment).numpy()
+
+
+def feed_rows(planned: list[Planned], spec: ClipSpec, crops: int, need_video: bool, masked: bool) -> tuple:
+    """External-source inputs of a batch: one row per temporal view of every video."""
+    columns: list[list] = [[] for _ in range((3 + crops if need_video else 0) + 3 + masked)]
+    for item in planned:
+        for first in range(0, len(item.plan.views), crops):
+            views = item.plan.views[first:first + crops]
+            clips, crop = views[0]
+            row = []
+            if need_video:
+                row += [item.video, clips.frames.reshape(-1).astype(np.int32), np.array(int(crop.flip), np.int32)]
+                row += [crop_region(c, item.record.height, item.record.width, spec.crop_size) for _, c in views]
+            starts = np.round(clips.starts * spec.sample_rate).astype(np.int32)
+            row += [item.audio, starts, np.array([int(round(clips.window_seconds * spec.sample_rate))], np.int32)]
+            row += [keep_mask(spec, item.plan.mask_seed)] if masked else []
+            for column, value in zip(columns, row):
+                column.append(value)
+    return tuple(columns)
+
+
+def to_torch(tensor_list, device_id: Optional[int] = None) -> torch.Tensor:
+    """A dense float DALI batch as a torch tensor (a copy: DALI reuses its buffers); GPU
+    outputs land on ``cuda:device_id``, the pipeline's GPU."""
+    dense = tensor_list.as_tensor()
+    if type(tensor_list).__name__.endswith("GPU"):
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        device = torch.device("cuda", device_id)
+        out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
+        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
+        return out
+    return torch.from_numpy(np.array(dense))
+
+
+class DaliLoader:
+    """Batches of a manifest split decoded by DALI, in the suite's batch format.
+
+    Training (``train=True``) is an endless, rank-sharded stream in the order of
+    ``avbert.data.sampler`` (the PyAV loader's order), resumable through ``state_dict``;
+    evaluation is one ordered pass over this rank's share (``len`` batches, the last one
+    possibly smaller) with ``test_views * test_crops`` views per video.
+    """
+
+    name = "dali"
+
+    def __init__(self, manifest: Manifest, spec: ClipSpec, batch_size: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, train: bool = True, require_audio: bool = True,
+                 device_id: Optional[int] = None, num_threads: int = 2, prefetch: int = 2):
+        self.manifest, self.spec, self.batch_size = manifest, spec, batch_size
+        self.rank, self.world_size, self.seed, self.train = rank, world_size, seed, train
+        self.records, self.need_video = manifest.records, not manifest.audio_only
+        self.require_audio, self.device_id = require_audio, device_id
+        self.num_threads, self.prefetch = num_threads, prefetch
+        self.crops = 1 if train else spec.test_crops
+        self.masked = train and spec.spec_augment > 0
+        shard = len(self.records) // world_size if train else len(range(rank, len(self.records), world_size))
+        self.batches_per_epoch = shard // batch_size if train else -(-shard // batch_size)
+        if self.batches_per_epoch < 1:
+            raise ValueError(f"{len(self.records)} records over {world_size} rank(s) do not fill one batch "
+                             f"of {batch_size}")
+        self.epoch, self.position = 0, 0
+        self.skipped: dict[str, int] = {}
+        self.bad: dict[int, str] = {}  # positions DALI failed on, found at run time
+        self._pipe, self._cursor, self._inflight, self._orders = None, (0, 0), deque(), {}
+
+    # planning -----------------------------------------------------------------------
+    def _order(self, epoch: int) -> list[int]:
+        """This rank's record positions of ``epoch`` (the current two epochs are kept)."""
+        if epoch not in self._orders:
+            if self.train:
+                order = epoch_order(len(self.records), epoch, self.seed)
+                shard = rank_shard(order, self.rank, self.world_size).tolist()
+            else:
+                shard = list(range(self.rank, len(self.records), self.world_size))
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1} | {epoch: shard}
+        return self._orders[epoch]
+
+    def _plan_one(self, position: int, epoch: int) -> Planned:
+        record = self.records[position]
+        if position in self.bad:
+            raise ProbeError(self.bad[position], "failed in DALI earlier")
+        check_record(record, self.need_video, self.require_audio)
+        try:
+            plan = plan_sample(self.spec, record, self.train, self.seed, epoch)
+        except TooShort as err:
+            raise ProbeError(Reason.TOO_SHORT, str(err)) from None
+        video = read_bytes(record.video) if self.need_video else None
+        audio = read_bytes(record.audio) if record.audio else silent_flac(self.spec.sample_rate)
+        return Planned(position, record, plan, video, audio, [])
+
+    def _plan_sample(self, position: int, epoch: int) -> Planned:
+        """The sample at ``position``, or the next usable record (the PyAV loader's rule)."""
+        planned, reasons = first_usable(lambda p: self._plan_one(p, epoch), position, len(self.records),
+                                        self.manifest.path)
+        planned.reasons = reasons
+        return planned
+
+    def plan_batch(self, epoch: int, index: int) -> list[Planned]:
+        positions = self._order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        return [self._plan_sample(p, epoch) for p in positions]
+
+    def _source(self):
+        epoch, index = self._cursor
+        if index >= self.batches_per_epoch:
+            if not self.train:
+                raise StopIteration
+            epoch, index = epoch + 1, 0
+        planned = self.plan_batch(epoch, index)
+        self._cursor = (epoch, index + 1)
+        self._inflight.append(planned)
+        return feed_rows(planned, self.spec, self.crops, self.need_video, self.masked)
+
+    # running ------------------------------------------------------------------------
+    def _max_rows(self) -> int:
+        return self.batch_size * (1 if self.train else self.spec.test_views)
+
+    def _start(self) -> None:
+        self._cursor, self._inflight = (self.epoch, self.position), deque()
+        loader = weakref.ref(self)  # no cycle: a dropped loader frees its pipeline and threads at once
+        self._pipe = build_pipeline(self.spec, lambda: loader()._source(), self._max_rows(), self.crops,
+                                    self.need_video, self.masked, self.device_id, self.num_threads, self.prefetch)
+
+    def _decodes(self, planned: Planned) -> bool:
+        rows = feed_rows([planned], self.spec, self.crops, self.need_video, self.masked)
+        try:
+            pipe = build_pipeline(self.spec, lambda: rows, len(rows[0]), self.crops, self.need_video,
+                                  self.masked, self.device_id, 1, prefetch=1)
+            pipe.run()
+            return True
+        except RuntimeError:
+            return False
+
+    def _recover(self, error: Exception) -> None:
+        """Find the videos DALI fails on among the batches in flight, remember them, and
+        restart the pipeline at the current batch."""
+        culprits = [p for batch in self._inflight for p in batch if not self._decodes(p)]
+        if not culprits:
+            raise error
+        for planned in culprits:
+            self.bad[planned.position] = Reason.DECODE_ERROR
+            logger.warning("data: skipping record %s (DALI cannot decode %s)", planned.record.id,
+                           " or ".join(planned.record.paths()))
+        self._pipe = None
+
+    def _run(self) -> tuple[tuple, list[Planned]]:
+        for _ in range(4 * self.batch_size + 4):
+            if self._pipe is None:
+                self._start()
+            try:
+                outputs = self._pipe.run()
+                return outputs, self._inflight.popleft()
+            except RuntimeError as error:
+                self._recover(error)
+        raise RuntimeError("DALI keeps failing on the same batch")
+
+    def _assemble(self, outputs: tuple, planned: list[Planned]) -> dict:
+        spec, count = self.spec, len(planned)
+        temporal, views = (1, 1) if self.train else (spec.test_views, spec.test_views * spec.test_crops)
+        batch = {}
+        if self.need_video:
+            video = to_torch(outputs[0], self.device_id)  # [B * temporal, (C,) T, 3, F, S, S]
+            batch["video"] = video if self.train else video.view(count, views, *video.shape[-5:])
+        audio = to_torch(outputs[-1]).unsqueeze(-3)  # [B * temporal, T, 1, M, N]
+        if not self.train:
+            audio = audio.view(count, temporal, 1, *audio.shape[1:]).expand(-1, -1, self.crops, -1, -1, -1, -1)
+            audio = audio.reshape(count, views, *audio.shape[3:])
+        batch["audio"] = audio
+        valid = torch.from_numpy(np.stack([np.stack([c.valid for c, _ in p.plan.views]) for p in planned]))
+        batch["valid"] = valid[:, 0] if self.train else valid
+        batch["label"] = torch.stack([label_of(p.record, self.manifest) for p in planned])
+        batch["index"] = torch.tensor([p.record.index for p in planned], dtype=torch.int64)
+        return batch
+
+    def _count(self, planned: list[Planned]) -> None:
+        for planned_sample in planned:
+            for key, value in skip_counts(planned_sample.reasons).items():
+                self.skipped[key] = self.skipped.get(key, 0) + value
+
+    def next_batch(self) -> dict:
+        if self.train and self.position >= self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        outputs, planned = self._run()
+        self._count(planned)
+        self.position += 1
+        return self._assemble(outputs, planned)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self):
+        if self.train:
+            return self
+        return self._one_pass()
+
+    def _one_pass(self):
+        self.epoch, self.position, self._pipe = 0, 0, None
+        while self.position < self.batches_per_epoch:
+            yield self.next_batch()
+        self._pipe = None
+
+    def __next__(self) -> dict:
+        return self.next_batch()
+
+    def close(self) -> None:
+        """Stop the pipeline's threads now (a new batch request starts it again)."""
+        self._pipe, self._inflight = None, deque()
+
+    def state_dict(self) -> dict:
+        """JSON-friendly position: the next batch is batch ``position`` of ``epoch``."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "world_size": self.world_size, "rank": self.rank, "skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("world_size", self.world_size) != self.world_size:
+            raise ValueError(f"loader state was saved with world size {state['world_size']}, "
+                             f"this run has {self.world_size}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.skipped = {key: int(value) for key, value in state.get("skipped", {}).items()}
+        self._pipe = None
+
+
+def choose_loader(requested: str, manifest: Manifest, gpus: int) -> tuple[str, str]:
+    """``(loader, why)``: DALI when its decoder on this machine reads every video codec
+    of the manifest, else PyAV; ``requested`` (``data.loader``) can force either."""
+    codecs = sorted(manifest.codecs)
+    where = f"{gpus} GPU(s), NVDEC" if gpus else "no GPU, CPU decoder"
+    unreadable = sorted(set(codecs) - (GPU_CODECS if gpus else CPU_CODECS))
+    if requested == "pyav":
+        return "pyav", "data.loader is 'pyav'"
+    if requested == "dali":
+        if unreadable:
+            raise ValueError(f"data.loader is 'dali' but DALI ({where}) cannot decode {unreadable} in "
+                             f"{manifest.path}; use loader 'pyav' or 'auto'")
+        return "dali", "data.loader is 'dali'"
+    if unreadable:
+        return "pyav", f"DALI ({where}) cannot decode {unreadable}"
+    return "dali", f"DALI ({where}) decodes {codecs or ['audio only']}"
+
+
+def build_manifest_loader(data, rank: int = 0, world_size: int = 1, seed: int = 0, train: bool = True,
+                          split: Optional[str] = None, require_audio: bool = True):
+    """The loader of ``data.manifest`` (split ``split`` or ``data.split``) chosen by
+    ``choose_loader``; says which in the log. ``require_audio=False`` gives silent
+    audio to records without sound instead of skipping them (visual-only tasks)."""
+    from avbert.data.manifest import load_manifest
+    from avbert.data.pyav_loader import ManifestDataset, PyAVEvalLoader, PyAVLoader
+
+    manifest = load_manifest(data.manifest, split or data.split)
+    spec = ClipSpec.from_config(data)
+    gpus = gpu_count() if torch.cuda.is_available() else 0
+    name, why = choose_loader(data.loader, manifest, gpus)
+    logger.info("data: %s loader for %s (%d records): %s", name, data.manifest, len(manifest.records), why)
+    if name == "dali":
+        device = int(os.environ.get("LOCAL_RANK", 0)) % gpus if gpus else None
+        return DaliLoader(manifest, spec, data.batch_size, rank, world_size, seed, train, require_audio,
+                          device_id=device, num_threads=max(2, data.num_workers))
+    dataset = ManifestDataset(manifest, spec, train=train, seed=seed, require_audio=require_audio)
+    if train:
+        return PyAVLoader(dataset, data.batch_size, rank, world_size, seed, data.num_workers)
+    return PyAVEvalLoader(dataset, data.batch_size, rank, world_size, data.num_workers)

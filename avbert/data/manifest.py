@@ -1,0 +1,211 @@
+"""The suite's one dataset manifest: JSON Lines, one record per video.
+
+Every dataset (Kinetics-700, Kinetics-Sounds, UCF101, ESC-50, Charades, AudioSet, any
+``ROOT/SPLIT/LABEL/*`` tree) is described the same way, by ``tools/prepare_data.py``::
+
+    {"id": "abseiling/0347ZoDXyP0_000095_000105", "video": "/data/k700/...mp4",
+     "audio": "/data/k700-audio/...flac", "label": 0, "labels": null,
+     "splits": ["train"], "duration": 10.0, "fps": 30.0, "num_frames": 300,
+     "codec": "h264", "width": 340, "height": 256, "sample_rate": 16000,
+     "video_bytes": 1234567, "audio_bytes": 234567, "vfr": false}
+
+- ``video`` is null for audio-only datasets (ESC-50); ``audio`` is the mono FLAC the
+  preparer extracted at the configured sample rate, starting at the first video frame.
+- ``label`` is a class index (null when unknown, e.g. a held-out test set); multi-label
+  datasets (Charades, AudioSet) give ``labels``, a list of class indices, instead.
+- ``splits`` lists every split the video belongs to: ``train``/``val``/``test``, or
+  ``train1``/``test1``.. for UCF101's three official splits and ESC-50's five folds
+  (``test<k>`` is fold k, ``train<k>`` the other four).
+- Relative paths are relative to the manifest's folder.
+
+Class names live beside the manifest in ``<name>.classes.txt`` (one per line, the line
+number is the class index). Loading a manifest whose records point at files that do not
+exist is refused, naming how many and the first few.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterable, Optional
+
+MISSING_SHOWN = 5
+
+
+@dataclass
+class MediaRecord:
+    """One video (or audio clip) of a dataset."""
+
+    id: str
+    video: Optional[str]
+    audio: Optional[str]
+    splits: list[str]
+    duration: float
+    label: Optional[int] = None
+    labels: Optional[list[int]] = None
+    fps: Optional[float] = None
+    num_frames: Optional[int] = None
+    codec: Optional[str] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    sample_rate: Optional[int] = None
+    video_bytes: Optional[int] = None
+    audio_bytes: Optional[int] = None
+    vfr: bool = False
+    index: int = field(default=-1, compare=False)  # position in the manifest, set on load
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("index")
+        return json.dumps(data, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict, index: int = -1) -> "MediaRecord":
+        """A record from its JSON form; also accepts the writer-style ``split`` string."""
+        data = dict(data)
+        if "splits" not in data and "split" in data:
+            split = data.pop("split")
+            data["splits"] = [split] if isinstance(split, str) else list(split)
+        if "id" not in data:
+            data["id"] = Path(data.get("video") or data.get("audio") or str(index)).stem
+        known = {f.name for f in fields(cls)} - {"index"}
+        missing = {"video", "audio", "splits", "duration"} - set(data)
+        if missing:
+            raise ValueError(f"manifest record {index} lacks {sorted(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in known}, index=index)
+
+    def paths(self) -> list[str]:
+        return [p for p in (self.video, self.audio) if p]
+
+
+class MissingMediaError(FileNotFoundError):
+    """A manifest names media files that do not exist."""
+
+
+@dataclass
+class Manifest:
+    """A loaded manifest: its records (optionally one split) and class names."""
+
+    path: Path
+    records: list[MediaRecord]
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def multilabel(self) -> bool:
+        return any(r.labels is not None for r in self.records)
+
+    @property
+    def audio_only(self) -> bool:
+        return all(r.video is None for r in self.records)
+
+    @property
+    def codecs(self) -> set[str]:
+        return {r.codec for r in self.records if r.video and r.codec}
+
+    def split(self, name: Optional[str]) -> "Manifest":
+        """The records of split ``name`` (all records for None)."""
+        if name is None:
+            return self
+        records = [r for r in self.records if name in r.splits]
+        if not records:
+            found = sorted({s for r in self.records for s in r.splits})
+            raise ValueError(f"manifest {self.path} has no record in split {name!r}; splits: {found}")
+        return Manifest(self.path, records, self.classes)
+
+
+def classes_path(manifest_path: str | Path) -> Path:
+    path = Path(manifest_path)
+    return path.with_name(path.stem + ".classes.txt")
+
+
+def report_path(manifest_path: str | Path) -> Path:
+    path = Path(manifest_path)
+    return path.with_name(path.stem + ".report.json")
+
+
+def write_manifest(records: Iterable, path: str | Path, classes: Optional[list[str]] = None) -> Path:
+    """Write records (``MediaRecord`` or dicts) as JSON Lines, and the class names."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        for i, record in enumerate(records):
+            record = record if isinstance(record, MediaRecord) else MediaRecord.from_dict(record, i)
+            handle.write(record.to_json() + "\n")
+    os.replace(tmp, path)
+    if classes is not None:
+        classes_path(path).write_text("".join(f"{name}\n" for name in classes))
+    return path
+
+
+def _resolve(path: Optional[str], base: Path) -> Optional[str]:
+    if path is None or os.path.isabs(path):
+        return path
+    return str(base / path)
+
+
+def _read_records(path: Path) -> list[MediaRecord]:
+    records = []
+    with open(path) as handle:
+        for line_no, line in enumerate(handle):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no + 1}: not JSON ({err})") from None
+            record = MediaRecord.from_dict(data, index=len(records))
+            record.video = _resolve(record.video, path.parent)
+            record.audio = _resolve(record.audio, path.parent)
+            records.append(record)
+    return records
+
+
+def _classes(path: Path, records: list[MediaRecord]) -> list[str]:
+    sidecar = classes_path(path)
+    if sidecar.exists():
+        return [line for line in sidecar.read_text().splitlines() if line]
+    top = max([r.label for r in records if r.label is not None]
+              + [max(r.labels) for r in records if r.labels], default=-1)
+    return [str(i) for i in range(top + 1)]
+
+
+def missing_files(records: list[MediaRecord], threads: int = 16) -> list[str]:
+    """Paths named by ``records`` that do not exist (checked in parallel: network
+    file systems answer many small ``stat`` calls faster concurrently)."""
+    paths = [p for r in records for p in r.paths()]
+    with ThreadPoolExecutor(threads) as pool:
+        exists = list(pool.map(os.path.exists, paths, chunksize=256))
+    return [p for p, ok in zip(paths, exists) if not ok]
+
+
+def check_files(manifest: Manifest) -> None:
+    """Refuse a manifest that names missing files: the count and the first few."""
+    missing = missing_files(manifest.records)
+    if missing:
+        shown = "\n  ".join(missing[:MISSING_SHOWN])
+        more = f"\n  ... and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
+        raise MissingMediaError(
+            f"manifest {manifest.path}: {len(missing)} file(s) named by {len(manifest.records)} "
+            f"record(s) do not exist:\n  {shown}{more}\n"
+            "Re-run tools/prepare_data.py, or restore the files.")
+
+
+def load_manifest(path: str | Path, split: Optional[str] = None, check: bool = True) -> Manifest:
+    """Read a manifest (records keep their position as ``index``), keep one split,
+    and, with ``check``, refuse it if any of those records names a missing file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"manifest {path} does not exist (tools/prepare_data.py writes it)")
+    records = _read_records(path)
+    manifest = Manifest(path, records, _classes(path, records)).split(split)
+    if check:
+        check_files(manifest)
+    return manifest

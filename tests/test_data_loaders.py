@@ -1,0 +1,193 @@
+"""The DALI and PyAV manifest loaders: one output contract, the same clips, alignment,
+sharding, and a position that survives a restart."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from avbert.data.clips import ClipSpec
+from avbert.data.dali_loader import DaliLoader, choose_loader, gpu_count
+from avbert.data.manifest import Manifest, MediaRecord, load_manifest, write_manifest
+from avbert.data.pyav_loader import ManifestDataset, PyAVEvalLoader, PyAVLoader
+from avbert.data.synthetic import SyntheticSpec, alignment_probe, write_raw
+from test_data_media import prepared_manifest
+
+SPEC = ClipSpec(clips=3, clip_seconds=1.0, frames_per_clip=4, frame_stride=2, crop_size=32,
+                short_side=(36, 44), n_mels=40, mel_frames=32, hop_length=256, n_fft=512,
+                spec_augment=0.1, test_views=2, test_crops=3)
+PIXEL = 1 / 255 / 0.225  # one grey level in normalised units
+DB = 20.0  # normalised log-mel units are 20 dB
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Manifest:
+    return load_manifest(prepared_manifest(tmp_path_factory.mktemp("loaders"), 8))
+
+
+def _pyav(manifest, train=True, seed=0, batch=4, **kw):
+    dataset = ManifestDataset(manifest, SPEC, train=train, seed=seed)
+    return PyAVLoader(dataset, batch, seed=seed, **kw) if train else PyAVEvalLoader(dataset, batch)
+
+
+def _batches(loader, count):
+    iterator = iter(loader)
+    return [next(iterator) for _ in range(count)]
+
+
+def _assert_same_contract(a: dict, b: dict):
+    assert set(a) == set(b) == {"video", "audio", "valid", "label", "index"}
+    for key in a:
+        assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype, key
+    assert torch.equal(a["valid"], b["valid"]) and torch.equal(a["label"], b["label"])
+    assert torch.equal(a["index"], b["index"])
+    assert (a["video"] - b["video"]).abs().mean() < 3 * PIXEL
+    assert (a["audio"] - b["audio"]).abs().mean() * DB < 0.5
+
+
+def test_both_loaders_cut_the_same_training_clips(manifest):
+    dali, pyav = _batches(DaliLoader(manifest, SPEC, 4, seed=3), 2), _batches(_pyav(manifest, seed=3), 2)
+    for a, b in zip(dali, pyav):
+        assert a["video"].shape == (4, 3, 3, 4, 32, 32) and a["video"].dtype == torch.float32
+        assert a["audio"].shape == (4, 3, 1, 40, 32) and a["valid"].shape == (4, 3)
+        assert a["label"].dtype == torch.int64 and a["index"].dtype == torch.int64
+        _assert_same_contract(a, b)
+        assert (a["audio"] == 0).any()  # SpecAugment masks, the same in both
+
+
+def test_both_loaders_give_the_same_test_views(manifest):
+    dali, pyav = list(DaliLoader(manifest, SPEC, 3, train=False)), list(_pyav(manifest, train=False, batch=3))
+    assert [len(b["index"]) for b in dali] == [3, 3, 2] and len(dali) == len(pyav)
+    for a, b in zip(dali, pyav):
+        _assert_same_contract(a, b)
+    video, audio = dali[0]["video"], dali[0]["audio"]
+    assert video.shape == (3, 6, 3, 3, 4, 32, 32) and audio.shape == (3, 6, 3, 1, 40, 32)
+    assert not torch.equal(video[:, 0], video[:, 2])  # left and right crops differ
+    assert torch.equal(audio[:, 0], audio[:, 2]) and not torch.equal(audio[:, 0], audio[:, 3])
+    assert sorted(torch.cat([b["index"] for b in dali]).tolist()) == list(range(8))
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory) -> Manifest:
+    """Four flash-and-click videos (6 s, 8 fps, 32x32) with the events at known frames."""
+    folder = tmp_path_factory.mktemp("probes")
+    spec = SyntheticSpec(clips=6, frames_per_clip=8, frame_size=32, fps=8.0)
+    records = []
+    for i, frame in enumerate((16, 18, 20, 23)):
+        raw = write_raw(alignment_probe(spec, frame / 8.0), str(folder), f"probe_{i}", "train")
+        records.append(MediaRecord(id=f"probe_{i}", video=raw["video"], audio=raw["audio"], splits=["train"],
+                                   duration=6.0, label=frame, fps=8.0, num_frames=48, codec="vp9", width=32,
+                                   height=32, sample_rate=16000, video_bytes=os.path.getsize(raw["video"]),
+                                   audio_bytes=os.path.getsize(raw["audio"])))
+    return load_manifest(write_manifest(records, folder / "probes.jsonl"))
+
+
+ALIGN = ClipSpec(clips=4, clip_seconds=1.0, frames_per_clip=8, frame_stride=1, crop_size=32, short_side=(32, 32),
+                 n_mels=40, mel_frames=32, hop_length=500, n_fft=1000, spec_augment=0.0, test_views=2, test_crops=1)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "test"])
+def test_flash_and_click_fall_in_the_same_clip(probes, train):
+    dali = next(iter(DaliLoader(probes, ALIGN, 4, seed=1, train=train)))
+    dataset = ManifestDataset(probes, ALIGN, train=train, seed=1)
+    pyav = next(iter(PyAVLoader(dataset, 4, seed=1) if train else PyAVEvalLoader(dataset, 4)))
+    for batch in (dali, pyav):
+        video = batch["video"] if not train else batch["video"][:, None]
+        audio = batch["audio"] if not train else batch["audio"][:, None]
+        flash = video.mean(dim=(3, 4, 5, 6)).argmax(-1)  # brightest clip of each view
+        click = audio.amax(dim=(3, 4, 5)).argmax(-1)  # loudest clip of each view
+        assert torch.equal(flash, click)
+    assert torch.equal(dali["video"].mean(dim=(-4, -3, -2, -1)).argmax(-1),
+                       pyav["video"].mean(dim=(-4, -3, -2, -1)).argmax(-1))
+
+
+@pytest.mark.parametrize("kind", ["dali", "pyav"])
+def test_restored_position_gives_the_same_next_batches(manifest, kind):
+    make = (lambda: DaliLoader(manifest, SPEC, 4, seed=7)) if kind == "dali" else (lambda: _pyav(manifest, seed=7))
+    first = make()
+    next(first)
+    state = first.state_dict()
+    expected = [next(first) for _ in range(3)]  # crosses into the next epoch (2 batches each)
+    resumed = make()
+    resumed.load_state_dict(state)
+    for want, got in zip(expected, [next(resumed) for _ in range(3)]):
+        for key in want:
+            assert torch.equal(want[key], got[key]), key
+    assert resumed.state_dict() == first.state_dict()
+    assert (first.state_dict()["epoch"], first.state_dict()["position"]) == (1, 2)
+
+
+def test_ranks_share_an_epoch_without_overlap(manifest):
+    seen = [torch.cat([next(DaliLoader(manifest, SPEC, 2, rank=r, world_size=2, seed=5))["index"]])
+            for r in (0, 1)]
+    assert not set(seen[0].tolist()) & set(seen[1].tolist())
+    orders = [torch.cat([b["index"] for b in _batches(DaliLoader(manifest, SPEC, 4, seed=s), 2)]) for s in (5, 6)]
+    assert sorted(orders[0].tolist()) == sorted(orders[1].tolist()) == list(range(8))
+    assert not torch.equal(orders[0], orders[1])
+
+
+@pytest.mark.slow
+def test_pyav_workers_give_what_the_main_process_gives(manifest):
+    inline, workers = _pyav(manifest, seed=2), _pyav(manifest, seed=2, num_workers=2)
+    for a, b in zip(_batches(inline, 2), _batches(workers, 2)):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_loader_choice_follows_the_codecs_this_machine_decodes(manifest):
+    assert choose_loader("auto", manifest, gpus=0)[0] == "dali"
+    h264 = Manifest(Path("k.jsonl"), [MediaRecord("a", "a.mp4", "a.flac", ["train"], 1.0, codec="h264")], [])
+    assert choose_loader("auto", h264, gpus=0) == ("pyav", "DALI (no GPU, CPU decoder) cannot decode ['h264']")
+    assert choose_loader("auto", h264, gpus=1)[0] == "dali"
+    assert choose_loader("pyav", manifest, gpus=1)[0] == "pyav"
+    with pytest.raises(ValueError, match="cannot decode"):
+        choose_loader("dali", h264, gpus=0)
+
+
+def test_multilabel_and_audio_only_manifests(manifest, tmp_path):
+    records = []
+    for record in manifest.records:
+        records.append(MediaRecord(record.id, None, record.audio, ["train"], record.duration, labels=[0, 2],
+                                   sample_rate=16000, audio_bytes=record.audio_bytes))
+    audio_only = load_manifest(write_manifest(records, tmp_path / "a.jsonl", ["x", "y", "z"]))
+    a, b = next(DaliLoader(audio_only, SPEC, 4, seed=1)), next(_pyav(audio_only, seed=1))
+    assert set(a) == set(b) == {"audio", "valid", "label", "index"}
+    assert a["label"].shape == (4, 3) and a["label"].dtype == torch.float32
+    assert torch.equal(a["label"], torch.tensor([[1.0, 0.0, 1.0]] * 4))
+    assert (a["audio"] - b["audio"]).abs().mean() * DB < 0.5 and torch.equal(a["valid"], b["valid"])
+
+
+def test_a_run_picks_its_loader_and_says_which(manifest, caplog):
+    from avbert.config import Config, DataConfig
+    from avbert.data.build import build_train_loader
+
+    cfg = Config(data=DataConfig.from_preset("tiny"))
+    cfg.data.source, cfg.data.manifest, cfg.data.batch_size = "manifest", str(manifest.path), 4
+    with caplog.at_level("INFO", logger="avbert.data"):
+        auto = build_train_loader(cfg, 0, 1)
+        cfg.data.loader = "pyav"
+        forced = build_train_loader(cfg, 0, 1)
+    assert (auto.name, forced.name) == ("dali", "pyav")
+    assert "dali loader" in caplog.text and "data.loader is 'pyav'" in caplog.text
+    a, b = next(auto), next(forced)
+    assert a["video"].shape == b["video"].shape == (4, 4, 3, 4, 32, 32)
+
+
+@pytest.mark.skipif(gpu_count() == 0 or not torch.cuda.is_available(), reason="NVDEC needs a GPU")
+def test_nvdec_reads_h264_as_pyav_does(tmp_path):
+    from avbert.data.datasets import Generic
+    from avbert.data.prepare import PrepareOptions, prepare_dataset
+    from test_data_media import write_media
+
+    for index in range(4):
+        write_media(tmp_path / "root" / "train" / "a" / f"v{index}.mp4", frames=40, fps=8.0, size=(48, 64))
+    prepare_dataset(Generic(tmp_path / "root"), tmp_path / "m.jsonl", PrepareOptions(str(tmp_path / "audio")))
+    manifest = load_manifest(tmp_path / "m.jsonl")
+    assert choose_loader("auto", manifest, gpus=1)[0] == "dali" and manifest.codecs == {"h264"}
+    gpu = next(DaliLoader(manifest, SPEC, 4, seed=1, device_id=0))
+    cpu = next(_pyav(manifest, seed=1))
+    assert gpu["video"].is_cuda
+    _assert_same_contract({k: v.cpu() for k, v in gpu.items()}, cpu)

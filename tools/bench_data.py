@@ -1,0 +1,308 @@
+"""Clips per second of the manifest loaders and of their raw decoders, side by side.
+
+    python tools/bench_data.py [--videos 12] [--batches 6] [--repeats 3] [--threads 2]
+
+Generates VP9/WebM videos with FLAC audio (cached in ``--media-dir``), prepares them
+into a manifest, and times on the same files:
+
+- ``dali raw``: a DALI pipeline (CPU decoder here) that only reads the bytes and decodes
+  the loader's frames and audio (no resize, crop, log-mel or copy to torch);
+- ``dali +resize``: the same, plus resizing each clip's crop region;
+- ``dali loader``: ``DaliLoader``, the full training batch;
+- ``pyav raw``, ``pyav +resize``, ``pyav loader``: the same three with PyAV, in
+  ``--threads`` worker processes.
+
+Each figure is the median over ``--repeats`` runs of ``--batches`` batches after
+``--warmup`` batches: clips per second (wall clock) and CPU milliseconds per clip (this
+process, its threads and its worker processes; robust when other jobs share the
+machine). Prints a table and writes ``benchmarks/data.json`` with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from avbert.data.clips import ClipSpec, plan_sample  # noqa: E402
+from avbert.data.manifest import load_manifest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ClipSpec(clips=4, clip_seconds=2.5, frames_per_clip=32, frame_stride=2, crop_size=112,
+                short_side=(128, 160), n_mels=80, mel_frames=128, hop_length=256, n_fft=512)
+"""The paper's clip: 32 frames at stride 2, 112 crops from a 128-160 short side, 80x128
+log-mels; four clips per video."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, default=24, help="videos generated (10 s, 320x240, 30 fps)")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=8,
+                        help="timed batches per repeat; with --warmup, at most one epoch (videos // batch-size)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (they fill the prefetch queues)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="DALI threads and PyAV worker processes")
+    parser.add_argument("--media-dir", default="/tmp/avbert-bench-media")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "data.json"))
+    parser.add_argument("--size", type=int, default=240, help="frame height (width is 4/3 of it)")
+    return parser.parse_args(argv)
+
+
+def write_webm(path: Path, frames: np.ndarray, waveform: np.ndarray, fps: int, sample_rate: int) -> None:
+    """VP9 at a web-like quality (CRF 32, a keyframe every 2 s) with an Opus track."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        audio = container.add_stream("libopus", rate=48000)
+        audio.layout = "mono"
+        video = container.add_stream("libvpx-vp9", rate=fps)
+        video.height, video.width = frames.shape[1:3]
+        video.pix_fmt, video.codec_context.gop_size = "yuv420p", 2 * fps
+        video.options = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}
+        for index, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = index
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        resampled = np.interp(np.arange(len(waveform) * 3) / 3, np.arange(len(waveform)), waveform)
+        for begin in range(0, len(resampled), 960):
+            chunk = resampled[begin:begin + 960].astype(np.float32)[None]
+            piece = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="flt", layout="mono")
+            piece.sample_rate, piece.pts = 48000, begin
+            container.mux(audio.encode(piece))
+        container.mux(audio.encode())
+
+
+def make_manifest(args) -> Path:
+    """Generate the videos once (a generic tree of the synthetic dataset's videos, with
+    little pixel noise so that they compress like real footage), and prepare them."""
+    from avbert.data.datasets import Generic
+    from avbert.data.prepare import PrepareOptions, prepare_dataset
+    from avbert.data.synthetic import SyntheticSpec, generate_video
+
+    folder = Path(args.media_dir) / f"{args.videos}x{args.seconds:g}s_{args.size}p"
+    manifest = folder / "manifest.jsonl"
+    if manifest.exists():
+        return manifest
+    fps = 30
+    spec = SyntheticSpec(num_videos=args.videos, num_classes=4, clips=int(args.seconds), frames_per_clip=fps,
+                         frame_size=args.size, fps=float(fps), pixel_noise=2.0)
+    for index in range(args.videos):
+        raw = generate_video(spec, index)
+        frames = np.concatenate([raw.frames, raw.frames[:, :, : args.size // 3]], axis=2)
+        write_webm(folder / "root" / "train" / f"c{raw.label}" / f"v{index:03d}.webm", frames, raw.waveform,
+                   fps, raw.sample_rate)
+    prepare_dataset(Generic(folder / "root"), manifest, PrepareOptions(audio_dir=str(folder / "audio")), workers=0)
+    return manifest
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and every live descendant: DALI threads
+    and PyAV worker processes alike. Unlike wall time, it barely moves when other jobs
+    share the machine."""
+    ticks, parents = os.sysconf("SC_CLK_TCK"), {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    family, grew = {os.getpid()}, True
+    while grew:
+        grown = {pid for pid, (ppid, _) in parents.items() if ppid in family} - family
+        family |= grown
+        grew = bool(grown)
+    return sum(parents[pid][1] for pid in family if pid in parents) / ticks
+
+
+def timed(make_iterator, batches: int, clips_per_batch: int, warmup: int) -> tuple[float, float]:
+    """``(clips per second, CPU milliseconds per clip)`` over ``batches`` batches after
+    ``warmup`` batches (which also fill the prefetch queues)."""
+    iterator = make_iterator()
+    for _ in range(warmup):
+        next(iterator)
+    start, cpu = time.perf_counter(), cpu_seconds()
+    for _ in range(batches):
+        next(iterator)
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    getattr(iterator, "close", lambda: None)()  # stop DALI threads before the next run
+    clips = batches * clips_per_batch
+    return clips / seconds, 1000 * cpu / clips
+
+
+def dali_decode(manifest, args, resize: bool):
+    """Read bytes and decode the loader's frames and audio; with ``resize``, also resize
+    each clip's crop region (the loader's unavoidable pixel work), and nothing else."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from avbert.data.dali_loader import DaliLoader, crop_region
+
+    planner = DaliLoader(manifest, SPEC, args.batch_size, seed=0)
+
+    def source(state):
+        index = state["batch"] % planner.batches_per_epoch
+        state["batch"] += 1
+        planned = planner.plan_batch(0, index)
+        regions = [crop_region(p.plan.views[0][1], p.record.height, p.record.width, SPEC.crop_size)
+                   for p in planned] if resize else []
+        frames = [p.plan.views[0][0].frames.reshape(-1).astype(np.int32) for p in planned]
+        return ([p.video for p in planned], frames, [p.audio for p in planned], *([regions] if resize else []))
+
+    def make():
+        state = {"batch": 0}
+
+        @pipeline_def(batch_size=args.batch_size, num_threads=args.threads, device_id=None, exec_dynamic=True)
+        def graph():
+            video, frames, audio, *region = fn.external_source(source=lambda: source(state),
+                                                               num_outputs=3 + resize, batch=True)
+            decoded = fn.decoders.video(video, frames=frames, pad_mode="none")
+            if resize:
+                region = region[0]
+                decoded = fn.resize(decoded, roi_start=region[0:2], roi_end=region[2:4], roi_relative=False,
+                                    size=[SPEC.crop_size] * 2, interp_type=types.INTERP_LINEAR, antialias=True)
+            wave, _ = fn.decoders.audio(audio, sample_rate=SPEC.sample_rate, downmix=True, dtype=types.FLOAT)
+            return decoded, wave
+
+        pipe = graph()
+        pipe.build()
+        while True:
+            yield pipe.run()
+    return make
+
+
+class DecodePyAV(torch.utils.data.Dataset):
+    """Decode the loader's frames (full size; or scaled and cropped with ``resize``) and
+    audio of a record; return nothing of size."""
+
+    def __init__(self, manifest, resize: bool):
+        self.records, self.resize = manifest.records, resize
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, position):
+        from avbert.data.pyav_loader import decode_audio, decode_frames
+
+        record = self.records[position]
+        clips, crop = plan_sample(SPEC, record, True, 0, 0).views[0]
+        size = (crop.height, crop.width) if self.resize else None
+        frames = decode_frames(record.video, clips.frames, record.fps, size)
+        if self.resize:
+            side = SPEC.crop_size
+            frames = np.stack([frames[int(i)][crop.top:crop.top + side, crop.left:crop.left + side]
+                               for i in clips.frames.reshape(-1)])
+        audio = decode_audio(record.audio, SPEC.sample_rate)
+        return torch.tensor(len(frames) + audio.numel())
+
+
+def pyav_decode(manifest, args, resize: bool):
+    from avbert.data.pyav_loader import worker_context
+
+    return lambda: iter(torch.utils.data.DataLoader(DecodePyAV(manifest, resize), batch_size=args.batch_size,
+                                                    num_workers=args.threads,
+                                                    multiprocessing_context=worker_context()))
+
+
+def dali_loader(manifest, args):
+    from avbert.data.dali_loader import DaliLoader
+
+    return lambda: iter(DaliLoader(manifest, SPEC, args.batch_size, seed=0, num_threads=args.threads))
+
+
+def pyav_loader(manifest, args):
+    from avbert.data.pyav_loader import ManifestDataset, PyAVLoader
+
+    return lambda: iter(PyAVLoader(ManifestDataset(manifest, SPEC, seed=0), args.batch_size, seed=0,
+                                   num_workers=args.threads))
+
+
+def machine() -> dict:
+    import av
+    import nvidia.dali
+    import torchaudio
+
+    from avbert.data.dali_loader import gpu_count
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "gpus": gpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "torchaudio": torchaudio.__version__,
+            "dali": nvidia.dali.__version__, "pyav": av.__version__,
+            "libavcodec": ".".join(map(str, av.library_versions["libavcodec"]))}
+
+
+RUNS = {
+    "dali raw": lambda m, a: dali_decode(m, a, resize=False),
+    "dali +resize": lambda m, a: dali_decode(m, a, resize=True),
+    "dali loader": dali_loader,
+    "pyav raw": lambda m, a: pyav_decode(m, a, resize=False),
+    "pyav +resize": lambda m, a: pyav_decode(m, a, resize=True),
+    "pyav loader": pyav_loader,
+}
+"""``raw``: the decoders alone; ``+resize``: plus each clip's crop resized (pixel work a
+loader cannot skip); ``loader``: the whole training batch."""
+
+
+def measure(manifest, args) -> dict[str, list[tuple[float, float]]]:
+    clips = args.batch_size * SPEC.clips
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in RUNS}
+    makers = {name: run(manifest, args) for name, run in RUNS.items()}
+    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every run alike
+        for name, make in makers.items():
+            results[name].append(timed(make, args.batches, clips, args.warmup))
+    return results
+
+
+def report(results: dict[str, list[tuple[float, float]]], args, manifest) -> dict:
+    from rich.console import Console
+    from rich.table import Table
+
+    rate = {name: statistics.median(r for r, _ in values) for name, values in results.items()}
+    cost = {name: statistics.median(c for _, c in values) for name, values in results.items()}
+    table = Table(title=f"{SPEC.frames_per_clip} frames at stride {SPEC.frame_stride}, {SPEC.crop_size}px crops "
+                        f"+ log-mel, batch {args.batch_size} x {SPEC.clips} clips, {args.threads} threads")
+    for column in ("run", "clips/s", "repeats", "vs raw", "CPU ms/clip", "raw CPU / this"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for name, values in results.items():
+        raw = name.split()[0] + " raw"
+        table.add_row(name, f"{rate[name]:.1f}", " ".join(f"{r:.1f}" for r, _ in values),
+                      f"{rate[name] / rate[raw]:.2f}x", f"{cost[name]:.1f}", f"{cost[raw] / cost[name]:.2f}x")
+    Console().print(table)
+    return {"machine": machine(), "load_average": os.getloadavg(),
+            "settings": {**vars(args), "spec": vars(SPEC), "manifest": str(manifest)},
+            "clips_per_s": {name: {"median": rate[name], "repeats": [r for r, _ in results[name]]} for name in results},
+            "cpu_ms_per_clip": {name: {"median": cost[name], "repeats": [c for _, c in results[name]]}
+                                for name in results},
+            "throughput_vs_raw": {name: rate[name] / rate[name.split()[0] + " raw"] for name in results},
+            "cpu_efficiency_vs_raw": {name: cost[name.split()[0] + " raw"] / cost[name] for name in results}}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.warmup + args.batches > args.videos // args.batch_size:
+        raise SystemExit("--warmup + --batches must fit in one epoch (videos // batch-size batches)")
+    manifest = load_manifest(make_manifest(args))
+    out = report(measure(manifest, args), args, manifest.path)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
