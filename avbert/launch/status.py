@@ -1,0 +1,210 @@
+"""Where every cell of an experiment stands, from the scheduler and the run directory.
+
+The scheduler's view comes from ``squeue`` (live jobs) and ``sacct``
+(finished ones) on Slurm, or from the controller process of submitit's local
+executor; the run's own view from ``status.json`` (state, step, total, last
+loss), ``metrics.jsonl`` (speed, hence ETA), ``job.json`` (requeues) and the
+checkpoints. Without Slurm tools, the run directory alone is used.
+
+States: ``COMPLETED``; live scheduler states (``PENDING``, ``RUNNING``, ...,
+and ``SUBMITTED`` for a job the scheduler has not reported yet); ``FAILED``
+(with the scheduler's reason: ``TIMEOUT``, ``CANCELLED``, ...); ``UNKNOWN``
+(no live job and no record of how it ended); ``NEW`` (never submitted).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from avbert.launch.job import read_journal
+
+LIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
+        "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "SUBMITTED"}
+ENDED_BADLY = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+               "PREEMPTED", "REVOKED", "SPECIAL_EXIT"}
+# A job the scheduler has not reported yet is taken as queued for this long after submission.
+REPORT_GRACE_S = 600
+
+
+@dataclass
+class CellStatus:
+    """One cell as ``tools/status.py`` shows it."""
+
+    name: str
+    state: str
+    detail: str = ""
+    job_id: Optional[str] = None
+    step: Optional[int] = None
+    total: Optional[int] = None
+    loss: Optional[float] = None
+    eta_s: Optional[float] = None
+    requeues: int = 0
+    checkpoint_age_s: Optional[float] = None
+    log: Optional[str] = None
+
+    @property
+    def completed(self) -> bool:
+        return self.state == "COMPLETED"
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+    @property
+    def failed(self) -> bool:
+        return self.state in ("FAILED", "UNKNOWN")
+
+
+def slurm_tools() -> bool:
+    return shutil.which("squeue") is not None and shutil.which("sacct") is not None
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """Job id (``41`` or ``41_3``) -> state, live jobs from squeue over finished ones from sacct."""
+    if not job_ids or not slurm_tools():
+        return {}
+    states: dict[str, str] = {}
+    bases = sorted({job_id.split("_")[0] for job_id in job_ids})
+    for line in _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(bases)]).splitlines():
+        job_id, _, state = line.partition("|")
+        if state:
+            states[job_id.strip()] = state.split()[0]
+    user = os.environ.get("USER") or getpass.getuser()
+    for line in _run(["squeue", "-h", "-r", "-u", user, "-o", "%i|%T"]).splitlines():
+        job_id, _, state = line.partition("|")
+        if state:
+            states[job_id.strip()] = state.strip()
+    return states
+
+
+def local_state(job_id: str) -> Optional[str]:
+    """RUNNING while the local executor's controller process lives (a reused pid does not count)."""
+    try:
+        os.kill(int(job_id), 0)
+    except (ValueError, ProcessLookupError, PermissionError):
+        return None
+    try:
+        command = Path(f"/proc/{int(job_id)}/cmdline").read_bytes()
+    except OSError:
+        return "RUNNING"  # no /proc to tell a reused pid apart
+    return "RUNNING" if b"submitit" in command else None
+
+
+def read_run_status(run_dir: Path) -> Optional[dict]:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def combine(entry: dict, run: Optional[dict], scheduler: Optional[str]) -> tuple[str, str]:
+    """(state, detail) from the index entry, the run's status.json and the scheduler's state."""
+    run_state = (run or {}).get("state")
+    if run_state == "completed":
+        return "COMPLETED", f"job {scheduler}" if scheduler in LIVE else ""
+    if scheduler in LIVE:
+        return scheduler, ""
+    if scheduler in ENDED_BADLY:
+        return "FAILED", scheduler
+    if scheduler == "COMPLETED":
+        return "FAILED", "job ended before the stage finished"
+    if not entry.get("job_id"):
+        return ("FAILED", "run failed") if run_state == "failed" else ("NEW", "")
+    if run_state == "failed":
+        return "FAILED", (run or {}).get("error", "run failed")
+    submitted = entry.get("submitted_unix", 0)
+    if entry.get("cluster") == "slurm" and time.time() - submitted < REPORT_GRACE_S:
+        return "SUBMITTED", "not reported by Slurm yet"
+    return "UNKNOWN", f"no live job; run state {run_state or 'none'}"
+
+
+def scheduler_states(index: dict) -> dict[str, str]:
+    """Scheduler state of every cell's current job, by cell name."""
+    cells = index.get("cells", {})
+    slurm_ids = [e["job_id"] for e in cells.values() if e.get("job_id") and e.get("cluster") == "slurm"]
+    slurm = slurm_states(slurm_ids)
+    out = {}
+    for name, entry in cells.items():
+        job_id = entry.get("job_id")
+        if not job_id:
+            continue
+        state = slurm.get(job_id) if entry.get("cluster") == "slurm" else local_state(job_id)
+        if state is not None:
+            out[name] = state
+    return out
+
+
+def gather(index: dict, names: Optional[list[str]] = None, details: bool = False) -> dict[str, CellStatus]:
+    """Status of the named cells (default: all in the index); ``details`` adds ETA and checkpoint age."""
+    states = scheduler_states(index)
+    out = {}
+    for name in names if names is not None else list(index.get("cells", {})):
+        entry = index.get("cells", {}).get(name, {})
+        run_dir = Path(entry["run_dir"]) if entry.get("run_dir") else None
+        run = read_run_status(run_dir) if run_dir else None
+        state, detail = combine(entry, run, states.get(name))
+        status = CellStatus(name, state, detail, entry.get("job_id"), log=entry.get("log"))
+        if run:
+            status.step, status.total, status.loss = run.get("step"), run.get("total_steps"), run.get("loss")
+        if run_dir and details:
+            _add_details(status, run_dir, entry.get("job_id"))
+        out[name] = status
+    return out
+
+
+def _add_details(status: CellStatus, run_dir: Path, job_id: Optional[str]) -> None:
+    starts = [s for s in read_journal(run_dir).get("starts", []) if s.get("job_id") == job_id]
+    status.requeues = max(len(starts) - 1, 0)
+    status.checkpoint_age_s = checkpoint_age(run_dir)
+    if status.live and status.step is not None and status.total:
+        rate = seconds_per_step(run_dir)
+        status.eta_s = rate * (status.total - status.step) if rate else None
+
+
+def checkpoint_age(run_dir: Path) -> Optional[float]:
+    """Seconds since the newest complete checkpoint was written."""
+    from avbert.train.checkpoint import latest_complete
+
+    info = latest_complete(run_dir)
+    if info is None:
+        return None
+    return time.time() - (info.path / "rank_0.json").stat().st_mtime
+
+
+def seconds_per_step(run_dir: Path, window: int = 20) -> Optional[float]:
+    """Recent training speed from ``metrics.jsonl`` (within the current run of the job)."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()[-window:]
+    except OSError:
+        return None
+    points = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if "time/elapsed_s" in record and "step" in record:
+            points.append((record["step"], record["time/elapsed_s"]))
+    start = 0
+    for i in range(1, len(points)):
+        if points[i][1] < points[i - 1][1]:  # elapsed time restarts when a requeued job resumes
+            start = i
+    points = points[start:]
+    if len(points) < 2 or points[-1][0] == points[0][0]:
+        return None
+    return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])

@@ -1,0 +1,265 @@
+"""Launching without a real cluster: profiles, resources, the sbatch files, plans, idempotency.
+
+Slurm's client commands are replaced by small scripts (``fake_slurm``): ``sbatch``
+keeps each submitted file and answers with a job id, ``squeue`` and ``sacct``
+report states the test sets. The real cluster is exercised in test_launch_slurm.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from avbert.config import ConfigError
+from avbert.launch import launcher
+from avbert.launch.index import read_index, record_submission, snapshot_code
+from avbert.launch.plan import EXTRA_COLUMNS, PlanColumn, make_plan, plan_table
+from avbert.launch.profile import load_profile
+from avbert.launch.registry import expand
+from avbert.launch.resources import StageResources, resolve_resources
+from avbert.launch.spec import read_experiment
+from avbert.launch.status import CellStatus
+from avbert.launch.submit import array_name, slurm_groups
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = REPO / "slurm" / "profiles"
+EXPERIMENTS = REPO / "experiments"
+GOLDEN = REPO / "tests" / "golden" / "sharing_ablation_paper_8x8.sbatch"
+FIRST_JOB = 990001  # far from the ids of any real cluster the tests may also talk to
+
+FAKE_SBATCH = f"""#!/bin/sh
+n=$(cat "$FAKE_SLURM/counter" 2>/dev/null || echo {FIRST_JOB - 1}); n=$((n+1)); echo $n > "$FAKE_SLURM/counter"
+cp "$1" "$FAKE_SLURM/sbatch_$n.sh"
+echo "Submitted batch job $n"
+"""
+FAKE_SQUEUE = """#!/bin/sh
+grep -E '\\|(PENDING|RUNNING)$' "$FAKE_SLURM/states" 2>/dev/null || true
+"""
+FAKE_SACCT = """#!/bin/sh
+cat "$FAKE_SLURM/states" 2>/dev/null || true
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """sbatch/squeue/sacct/srun stand-ins first on PATH; returns their state directory."""
+    state = tmp_path / "fake_slurm"
+    bin_dir = state / "bin"
+    bin_dir.mkdir(parents=True)
+    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("sacct", FAKE_SACCT), ("srun", "#!/bin/sh\n")):
+        path = bin_dir / name
+        path.write_text(text)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("FAKE_SLURM", str(state))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")
+    return state
+
+
+@pytest.fixture
+def launch_dir(tmp_path, monkeypatch):
+    """A launch directory with (empty) paper-scale manifests."""
+    (tmp_path / "manifests").mkdir()
+    for name in ("kinetics700", "kinetics_sounds"):
+        (tmp_path / "manifests" / f"{name}.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def normalise(text: str, runs: Path) -> str:
+    text = text.replace(str(runs), "/RUNS")
+    text = re.sub(r"/code/[0-9]{8}-[0-9]{6}[^/$\s]*", "/code/SNAPSHOT", text)
+    return text.replace(sys.executable, "python")
+
+
+# -- profiles and resources ---------------------------------------------------------------------------------------
+def test_shipped_profiles_load():
+    local, paper = load_profile(PROFILES / "local.yaml"), load_profile(PROFILES / "paper-8x8.yaml")
+    assert (local.nodes, local.gpus_per_node, local.tasks_per_node) == (1, 0, 1)
+    assert (paper.nodes, paper.gpus_per_node, paper.tasks_per_node) == (8, 8, 8)
+    assert paper.signal_delay_s >= 30 and paper.time_limit_min >= 2
+
+
+def test_one_task_per_gpu_and_profile_defaults():
+    paper = load_profile(PROFILES / "paper-8x8.yaml")
+    res = resolve_resources(StageResources(nodes=2), paper, "exp.yaml", "r")
+    assert (res.nodes, res.gpus_per_node, res.tasks_per_node, res.world_size, res.gpus) == (2, 8, 8, 16, 16)
+    assert res.time_limit_min == paper.time_limit_min and res.requeue_limit == paper.requeue_limit
+    cpu = resolve_resources(StageResources(gpus_per_node=0), paper, "exp.yaml", "r")
+    assert (cpu.tasks_per_node, cpu.gpus) == (1, 0)
+    assert resolve_resources(StageResources(hours=3), paper, "e", "r").gpu_hours == 8 * 8 * 3
+    with pytest.raises(ConfigError) as err:
+        resolve_resources(StageResources(gpus_per_node=16), paper, "exp.yaml", "scales.paper.stages.x.resources")
+    assert err.value.key == "scales.paper.stages.x.resources.gpus_per_node"
+
+
+# -- the sbatch files: golden, through the real submission path -------------------------------------------------------
+def test_paper_scale_sbatch_files_match_golden(fake_slurm, launch_dir):
+    runs = launch_dir / "runs"
+    rc = launcher.main([str(EXPERIMENTS / "sharing_ablation.yaml"), "--cluster", "slurm", "--runs-dir", str(runs),
+                        "--profile", str(PROFILES / "paper-8x8.yaml")])
+    assert rc == 0
+    files = sorted(fake_slurm.glob("sbatch_*.sh"))
+    assert len(files) == 5  # one array of the four pretraining cells, four dependent fine-tuning jobs
+    text = "".join(f"==> {f.name} <==\n{normalise(f.read_text(), runs)}" for f in files)
+    if os.environ.get("AVBERT_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "sbatch files changed; AVBERT_UPDATE_GOLDEN=1 rewrites the golden file"
+
+
+def test_submission_is_recorded_and_downstream_waits_for_its_own_pretraining(fake_slurm, launch_dir):
+    runs = launch_dir / "runs"
+    argv = [str(EXPERIMENTS / "sharing_ablation.yaml"), "--runs-dir", str(runs),
+            "--profile", str(PROFILES / "paper-8x8.yaml")]
+    assert launcher.main(argv) == 0
+    index = read_index(runs / "sharing_ablation")
+    cells = index["cells"]
+    variants = ("none", "xl", "xl-all", "xl-part")
+    assert [cells[f"sharing_ablation/{v}/pretrain"]["job_id"] for v in variants] == [f"{FIRST_JOB}_{i}" for i in range(4)]
+    for i, variant in enumerate(variants):
+        ks = cells[f"sharing_ablation/{variant}/kinetics_sounds"]
+        script = (fake_slurm / f"sbatch_{ks['job_id']}.sh").read_text()
+        assert f"--dependency=afterok:{FIRST_JOB}_{i}\n" in script
+        assert f"--job-name=sharing_ablation:{variant}:kinetics_sounds\n" in script
+        assert ks["log"].endswith(f"logs/{ks['job_id']}_0_log.out") and ks["state"] == "SUBMITTED"
+    code_dir = Path(index["launches"][0]["code_dir"])
+    assert (code_dir / "avbert" / "launch" / "job.py").is_file() and (code_dir / "tools" / "launch.py").is_file()
+    assert not list(code_dir.rglob("__pycache__"))
+    config = (runs / "sharing_ablation" / "xl-part" / "pretrain" / "config.yaml").read_text()
+    assert "git_commit:" in config and f"run_dir: {runs}/sharing_ablation/xl-part/pretrain" in config
+
+
+def test_stages_waiting_for_one_pretraining_go_out_as_arrays(fake_slurm, launch_dir):
+    for name in ("ucf101", "esc50", "charades"):
+        (launch_dir / "manifests" / f"{name}.jsonl").write_text("")
+    runs = launch_dir / "runs"
+    assert launcher.main([str(EXPERIMENTS / "downstream.yaml"), "--runs-dir", str(runs),
+                          "--profile", str(PROFILES / "paper-8x8.yaml")]) == 0
+    files = sorted(fake_slurm.glob("sbatch_*.sh"))
+    assert len(files) == 3  # pretraining, then one array of ten fine-tunings and one of ten linear probes
+    for path, count in zip(files[1:], (10, 10)):
+        text = path.read_text()
+        assert f"--array=0-{count - 1}%{count}\n" in text and f"--dependency=afterok:{FIRST_JOB}\n" in text
+        assert "--job-name='downstream:xl-part:[10 stages]'" in text
+    cells = read_index(runs / "downstream")["cells"]
+    assert cells["downstream/xl-part/esc50-linear-fold5"]["job_id"].startswith(f"{FIRST_JOB + 2}_")
+
+
+def test_local_runs_refuse_multi_node_stages(launch_dir, capsys):
+    profile = launch_dir / "two-nodes.yaml"
+    profile.write_text((PROFILES / "local.yaml").read_text().replace("nodes: 1", "nodes: 2"))
+    experiment = launch_dir / "wide.yaml"
+    experiment.write_text((EXPERIMENTS / "smoke.yaml").read_text().replace(
+        "resources: {nodes: 1, gpus_per_node: 0, time_limit_min: 10, hours: 0.02}",
+        "resources: {nodes: 2, gpus_per_node: 0, time_limit_min: 10, hours: 0.02}"))
+    rc = launcher.main([str(experiment), "--cluster", "local", "--profile", str(profile), "--dry-run"])
+    assert rc == 2 and "scales.tiny.stages.pretrain.resources.nodes" in capsys.readouterr().err
+
+
+def test_relaunch_skips_queued_and_completed_and_retries_failed_only_when_asked(fake_slurm, launch_dir):
+    runs = launch_dir / "runs"
+    argv = [str(EXPERIMENTS / "smoke.yaml"), "--runs-dir", str(runs)]
+    assert launcher.main(argv) == 0
+    assert len(list(fake_slurm.glob("sbatch_*.sh"))) == 3  # pretraining array + two linear probes
+    index = read_index(runs / "smoke")
+    ids = {name: cell["job_id"] for name, cell in index["cells"].items()}
+    states = {ids["smoke/xl/pretrain"]: "RUNNING", ids["smoke/xl-part/pretrain"]: "FAILED",
+              ids["smoke/xl/synthetic_eval"]: "PENDING", ids["smoke/xl-part/synthetic_eval"]: "CANCELLED"}
+    (fake_slurm / "states").write_text("".join(f"{j}|{s}\n" for j, s in states.items()))
+    assert launcher.main(argv) == 0
+    assert len(list(fake_slurm.glob("sbatch_*.sh"))) == 3  # nothing new
+    assert read_index(runs / "smoke")["cells"]["smoke/xl-part/pretrain"]["state"] == "FAILED"
+
+    assert launcher.main([*argv, "--retry-failed"]) == 0
+    new = sorted(fake_slurm.glob("sbatch_*.sh"))[3:]
+    assert len(new) == 2  # the failed pretraining, and its probe waiting for the new job
+    index = read_index(runs / "smoke")
+    retried = index["cells"]["smoke/xl-part/pretrain"]
+    assert retried["job_id"] != ids["smoke/xl-part/pretrain"] and retried["history"][0]["state"] == "FAILED"
+    assert f"--dependency=afterok:{retried['job_id']}\n" in new[1].read_text()
+    assert index["cells"]["smoke/xl/pretrain"]["job_id"] == ids["smoke/xl/pretrain"]
+
+
+def test_dry_run_writes_and_submits_nothing(fake_slurm, launch_dir, capsys):
+    runs = launch_dir / "runs"
+    assert launcher.main([str(EXPERIMENTS / "smoke.yaml"), "--dry-run", "--runs-dir", str(runs)]) == 0
+    assert not runs.exists() and not list(fake_slurm.glob("sbatch_*.sh"))
+    out = capsys.readouterr().out
+    assert "submitting to Slurm" in out and "xl-part/synthetic_eval" in out and "4 of 4 cells to submit" in out
+
+
+def test_without_sbatch_it_says_it_runs_locally(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    assert launcher.main([str(EXPERIMENTS / "smoke.yaml"), "--dry-run", "--runs-dir", str(tmp_path)]) == 0
+    assert "sbatch is not on PATH: running on this machine" in capsys.readouterr().out
+    assert launcher.main([str(EXPERIMENTS / "smoke.yaml"), "--cluster", "slurm", "--runs-dir", str(tmp_path)]) == 2
+
+
+def test_a_runs_dir_holds_one_scale(fake_slurm, launch_dir, capsys):
+    runs = launch_dir / "runs"
+    (runs / "sharing_ablation").mkdir(parents=True)
+    (runs / "sharing_ablation" / "index.json").write_text(json.dumps({"scale": "tiny", "cells": {}}))
+    rc = launcher.main([str(EXPERIMENTS / "sharing_ablation.yaml"), "--runs-dir", str(runs),
+                        "--profile", str(PROFILES / "paper-8x8.yaml"), "--dry-run"])
+    assert rc == 2 and "holds tiny-scale runs" in capsys.readouterr().err
+
+
+# -- plans --------------------------------------------------------------------------------------------------------
+def smoke_cells(tmp_path):
+    return expand(read_experiment(EXPERIMENTS / "smoke.yaml"), "tiny", load_profile(PROFILES / "local.yaml"), tmp_path)
+
+
+def test_plan_decisions(tmp_path):
+    cells = smoke_cells(tmp_path)
+    statuses = {"smoke/xl/pretrain": CellStatus("smoke/xl/pretrain", "COMPLETED"),
+                "smoke/xl-part/pretrain": CellStatus("smoke/xl-part/pretrain", "FAILED", "TIMEOUT", "7_1")}
+    plan = {p.cell.name: p for p in make_plan(cells, statuses)}
+    assert (plan["smoke/xl/pretrain"].action, plan["smoke/xl/synthetic_eval"].action) == ("skip", "submit")
+    assert plan["smoke/xl/synthetic_eval"].wait_for is None  # its pretraining is done
+    assert plan["smoke/xl-part/pretrain"].action == "skip" and "--retry-failed" in plan["smoke/xl-part/pretrain"].reason
+    assert plan["smoke/xl-part/synthetic_eval"].action == "blocked"
+    retry = {p.cell.name: p for p in make_plan(cells, statuses, retry_failed=True)}
+    assert retry["smoke/xl-part/pretrain"].action == "submit"
+    assert retry["smoke/xl-part/synthetic_eval"].wait_for == "smoke/xl-part/pretrain"
+    live = {"smoke/xl/pretrain": CellStatus("smoke/xl/pretrain", "RUNNING", job_id="9")}
+    only = make_plan(cells, live, selected={"smoke/xl/synthetic_eval", "smoke/xl-part/synthetic_eval"})
+    assert [(p.action, p.wait_for) for p in only] == [("submit", "smoke/xl/pretrain"), ("blocked", None)]
+
+
+def test_cells_sharing_resources_go_out_as_one_array(tmp_path):
+    plan = make_plan(smoke_cells(tmp_path), {})
+    groups = slurm_groups(plan)
+    assert [[p.cell.name for p in g] for g in groups] == [
+        ["smoke/xl/pretrain", "smoke/xl-part/pretrain"], ["smoke/xl/synthetic_eval"], ["smoke/xl-part/synthetic_eval"]]
+    assert array_name([p.cell for p in groups[0]]) == "smoke:[xl,xl-part]:pretrain"
+
+
+def test_plan_table_has_a_place_for_one_more_column(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.setattr("avbert.launch.plan.EXTRA_COLUMNS", [PlanColumn("memory", lambda p: "1.0 GB")])
+    console = Console(width=200, record=True)
+    console.print(plan_table(make_plan(smoke_cells(tmp_path), {}), "plan"))
+    text = console.export_text()
+    assert "memory" in text and "1.0 GB" in text and "GPU-hours" in text
+    assert EXTRA_COLUMNS == []
+
+
+# -- index --------------------------------------------------------------------------------------------------------
+def test_resubmission_keeps_history_and_snapshot_copies_code(tmp_path):
+    cell = smoke_cells(tmp_path)[0]
+    index = {"cells": {}, "launches": []}
+    record_submission(index, cell, "slurm", "5_0", "log", tmp_path, "abc", "n")
+    index["cells"][cell.name]["state"] = "FAILED"
+    record_submission(index, cell, "slurm", "9_0", "log", tmp_path, "abc", "n")
+    entry = index["cells"][cell.name]
+    assert entry["job_id"] == "9_0" and entry["history"] == [
+        {"job_id": "5_0", "cluster": "slurm", "submitted": entry["history"][0]["submitted"], "state": "FAILED"}]
+    code = snapshot_code(tmp_path / "exp", "0123456789abcdef")
+    assert code.name.endswith("-0123456") and (code / "avbert" / "launch" / "launcher.py").is_file()
+    assert snapshot_code(tmp_path / "exp", "0123456789abcdef") != code
