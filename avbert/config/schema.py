@@ -144,7 +144,7 @@ class DataConfig:
             return cls()
         if name == "tiny":
             return cls(
-                preset="tiny", clips=4, clip_seconds=1.0, frames_per_clip=4, frame_stride=2,
+                preset="tiny", clips=4, clip_seconds=0.5, frames_per_clip=4, frame_stride=1,
                 crop_size=32, short_side=(32, 40), n_mels=40, mel_frames=32, hop_ms=16.0,
                 batch_size=16, num_workers=0, test_views=2, test_crops=1,
             )

@@ -1,0 +1,288 @@
+"""The paper's tables built from an experiment's rows.
+
+A row is an evaluated cell with the stages it starts from (see
+``avbert.results.experiments``). Every row of the experiment is in the table
+whatever its state: ``state`` says ``done``, ``running``, ``preempted``,
+``pending``, ``failed`` or ``missing`` (of the first stage of the row that is
+not done) and ``detail`` names that stage with its progress or its error.
+
+Layouts (columns besides variant, stage, protocol, state and cost):
+
+* ``sharing``: XL (cross-layer sharing), XT (cross-Transformer sharing: no,
+  All, Part), Transformer parameters (M) and the paper's, top-1, top-5;
+* ``negative_sampling``: method (Current-Sequence, Current-MiniBatch,
+  CANS-Similar, CANS-Dissimilar), top-1, top-5;
+* ``fusion``: fusion (early, mid, late), Transformer parameters, top-1, top-5;
+* ``downstream``: dataset, feature, split/fold, pretrained weights, top-1,
+  top-5, mAP and the test views; the rows of a stage expanded over splits or
+  folds are followed by their ``mean`` row.
+
+Each metric has the paper's number beside it (the experiment's
+``report.reference``: by variant, or by stage in the downstream layout) and
+the difference, ours minus paper, in points. Cost: hours (GPU-hours, or
+CPU-hours for CPU runs) summed over the row's stages, clips per second of the
+row's first stage that logged any (the pretraining), peak memory over the
+row's stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from avbert.models.heads import TASK_FEATURE
+from avbert.results.experiments import DOWNSTREAM_KINDS, ExperimentReport, RowSpec
+from avbert.results.metrics import mean_over_splits
+from avbert.results.runs import (StageRun, stage_clips_per_s, stage_detail, stage_hours, stage_peak_mem_gb,
+                                 stage_state)
+
+XT_LABELS = {"none": "no", "all": "All", "lowrank": "Part"}
+XL_LABELS = {"none": "no", "cross_layer": "yes"}
+METHOD_LABELS = {"current_sequence": "Current-Sequence", "current_minibatch": "Current-MiniBatch",
+                 "cans_similar": "CANS-Similar", "cans_dissimilar": "CANS-Dissimilar"}
+DATASET_LABELS = {"ucf101": "UCF101", "esc50": "ESC-50", "kinetics_sounds": "Kinetics-Sounds",
+                  "charades": "Charades", "synthetic": "synthetic"}
+METRICS = {"top1": "top-1", "top5": "top-5", "map": "mAP"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """``key`` in CSV/JSON, ``header`` in Markdown and on the terminal, ``fmt``
+    how a value is written: text, f1/f2/f3 (decimals), delta (signed f1)."""
+
+    key: str
+    header: str
+    fmt: str = "text"
+
+
+@dataclass
+class Table:
+    experiment: str
+    title: str
+    layout: str
+    columns: list[Column]
+    rows: list[dict]
+    notes: list[str] = field(default_factory=list)
+
+
+def metric_columns(names: tuple[str, ...]) -> list[Column]:
+    columns = []
+    for name in names:
+        label = METRICS[name]
+        columns += [Column(name, label, "f1"), Column(f"paper_{name}", f"paper {label}", "f1"),
+                    Column(f"delta_{name}", f"Δ {label}", "delta")]
+    return columns
+
+
+def cost_columns(hours_header: str) -> list[Column]:
+    return [Column("state", "state"), Column("detail", "detail"), Column("hours", hours_header, "f3"),
+            Column("clips_per_s", "clips/s", "f1"), Column("peak_mem_gb", "peak mem (GiB)", "f2")]
+
+
+HEAD = [Column("variant", "variant"), Column("stage", "stage"), Column("protocol", "protocol")]
+LAYOUT_COLUMNS = {
+    "sharing": [*HEAD, Column("xl", "XL"), Column("xt", "XT"), Column("params_m", "params (M)", "f2"),
+                Column("paper_params_m", "paper params (M)", "f1"), *metric_columns(("top1", "top5"))],
+    "negative_sampling": [*HEAD, Column("method", "method"), *metric_columns(("top1", "top5"))],
+    "fusion": [*HEAD, Column("fusion", "fusion"), Column("params_m", "params (M)", "f2"),
+               *metric_columns(("top1", "top5"))],
+    "downstream": [*HEAD, Column("dataset", "dataset"), Column("feature", "feature"), Column("split", "split"),
+                   Column("pretrained", "pretrained"), *metric_columns(("top1", "top5", "map")),
+                   Column("views", "views")],
+}
+
+
+def section(config: Optional[dict], *keys: str):
+    """``config[k1][k2]...`` or None."""
+    node = config
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+@dataclass
+class RowRuns:
+    """A row with what its cells left on disk, upstream first."""
+
+    spec: RowSpec
+    runs: list[StageRun]
+
+    def config(self, index: int) -> Optional[dict]:
+        """The config a cell ran with, else the one the experiment gives it."""
+        return self.runs[index].config or self.spec.chain[index].config
+
+    @property
+    def last_config(self) -> Optional[dict]:
+        return self.config(len(self.runs) - 1)
+
+    @property
+    def evaluation(self) -> dict:
+        return (self.runs[-1].eval or {}) if self.spec.evaluated else {}
+
+
+def row_state(spec: ExperimentReport, row: RowRuns) -> tuple[str, str]:
+    """(state, detail) of a row: that of its first stage that is not done."""
+    for cell, run in zip(row.spec.chain, row.runs):
+        state = stage_state(run, spec.job_state(cell.variant, cell.stage), cell.kind in DOWNSTREAM_KINDS)
+        if state != "done":
+            return state, stage_detail(run, state)
+    return "done", ""
+
+
+def row_cost(runs: list[StageRun]) -> dict:
+    hours = [h for h in (stage_hours(r) for r in runs) if h is not None]
+    speeds = [s for s in (stage_clips_per_s(r) for r in runs) if s is not None]
+    peaks = [p for p in (stage_peak_mem_gb(r) for r in runs) if p is not None]
+    return {"hours": sum(hours) if hours else None, "clips_per_s": speeds[0] if speeds else None,
+            "peak_mem_gb": max(peaks) if peaks else None, "_runs": runs}
+
+
+def add_reference(row: dict, reference: dict) -> None:
+    """Paper numbers beside ours, and ours minus paper."""
+    for name in METRICS:
+        paper = reference.get(name)
+        row[f"paper_{name}"] = float(paper) if paper is not None else None
+        ours = row.get(name)
+        row[f"delta_{name}"] = ours - row[f"paper_{name}"] if ours is not None and paper is not None else None
+    params = reference.get("params_m")
+    row["paper_params_m"] = float(params) if params is not None else None
+
+
+def model_config(row: RowRuns) -> Optional[dict]:
+    """The model a row evaluates: its pretraining's, else the one its evaluation
+    recorded, else the evaluated cell's own when it starts from scratch."""
+    for index, cell in enumerate(row.spec.chain):
+        if cell.kind == "pretrain" and section(row.config(index), "model"):
+            return section(row.config(index), "model")
+    if row.evaluation.get("model_config"):
+        return row.evaluation["model_config"]
+    last = row.last_config
+    return section(last, "model") if last and not section(last, "downstream", "pretrained") else None
+
+
+def metrics_row(spec: ExperimentReport, row: RowRuns, params_of: Callable) -> dict:
+    """State, metrics, reference, cost and the model facts of one row."""
+    cell = row.spec.evaluated
+    state, detail = row_state(spec, row)
+    out = {"variant": row.spec.variant, "stage": row.spec.chain[-1].stage, "protocol": cell.kind if cell else "",
+           "state": state, "detail": detail}
+    metrics = row.evaluation.get("metrics") or {}
+    for name in METRICS:
+        out[name] = float(metrics[name]) if metrics.get(name) is not None else None
+    add_reference(out, spec.reference_for(row.spec))
+    out.update(row_cost(row.runs))
+    model = model_config(row) or {}
+    out["params_m"] = params_of(model) if model else None
+    sharing = model.get("sharing") or {}
+    out["xl"] = XL_LABELS.get(sharing.get("layers"), sharing.get("layers"))
+    out["xt"] = XT_LABELS.get(sharing.get("modalities"), sharing.get("modalities"))
+    out["fusion"] = model.get("fusion")
+    sampler = next((section(row.config(i), "objective", "sampler") for i, c in enumerate(row.spec.chain)
+                    if c.kind == "pretrain"), None)
+    out["method"] = METHOD_LABELS.get(sampler, sampler)
+    return out
+
+
+def weights_label(row: RowRuns, pretrained_label: Callable) -> str:
+    """Where an evaluated row's weights come from: its upstream stage's name
+    (``pretrain``), else the export path as ``pretrained_label`` shows it."""
+    if len(row.spec.chain) > 1:
+        return row.spec.chain[-2].stage
+    return pretrained_label(row.evaluation.get("pretrained", section(row.last_config, "downstream", "pretrained")))
+
+
+def downstream_fields(row: RowRuns, pretrained_label: Callable) -> dict:
+    """Dataset, feature, split, weights and test views of an evaluated row."""
+    if row.spec.evaluated is None:
+        return {}
+    config, evaluation = row.last_config or {}, row.evaluation
+    task = evaluation.get("task") or section(config, "downstream", "task")
+    split = evaluation.get("split", section(config, "downstream", "split"))
+    views = evaluation.get("test_views", section(config, "data", "test_views"))
+    crops = evaluation.get("test_crops", section(config, "data", "test_crops"))
+    return {"dataset": DATASET_LABELS.get(task, task), "feature": evaluation.get("feature", TASK_FEATURE.get(task)),
+            "split": str(split) if split is not None else None,
+            "pretrained": weights_label(row, pretrained_label),
+            "views": f"{views}x{crops}" if views is not None and crops is not None else None}
+
+
+def mean_row(group: list[dict]) -> dict:
+    """The mean over the splits/folds of one variant and downstream stage.
+
+    Metrics are averaged over the done rows; the state is ``done`` when all
+    are, else ``partial`` with how many are in. The paper's number is the
+    group's (the paper reports split means), the cost that of all the group's
+    stages, a shared pretraining counted once.
+    """
+    done = [row for row in group if row["state"] == "done"]
+    row = {key: group[0].get(key) for key in ("variant", "protocol", "dataset", "feature", "pretrained", "views",
+                                              "xl", "xt", "fusion", "method", "params_m", "paper_params_m")}
+    row.update(stage=group[0]["_group"], split="mean", detail=f"{len(done)}/{len(group)} splits",
+               state="done" if len(done) == len(group) else "partial")
+    means = mean_over_splits({r["stage"]: {n: r[n] for n in METRICS if r[n] is not None} for r in done})
+    for name in METRICS:
+        row[name] = means.get(name)
+        papers = {r[f"paper_{name}"] for r in group}
+        row[f"paper_{name}"] = papers.pop() if len(papers) == 1 else None
+        paper = row[f"paper_{name}"]
+        row[f"delta_{name}"] = row[name] - paper if row[name] is not None and paper is not None else None
+    runs = list({id(run): run for r in group for run in r["_runs"]}.values())  # the pretraining once
+    row.update(row_cost(runs), clips_per_s=None)
+    return row
+
+
+def with_split_means(rows: list[dict]) -> list[dict]:
+    """Rows, each group of one variant's stage expanded over splits followed by its mean row."""
+    groups: dict = {}
+    for row in rows:
+        if row.get("_group"):
+            groups.setdefault((row["variant"], row["_group"]), []).append(row)
+    out = []
+    for row in rows:
+        out.append(row)
+        group = groups.get((row["variant"], row.get("_group")))
+        if group and len(group) > 1 and row is group[-1]:
+            out.append(mean_row(group))
+    return out
+
+
+def hours_header(runs: list[StageRun]) -> str:
+    """GPU-hours when every run that says where it ran used a GPU, CPU-hours when
+    all used CPUs, device-hours when they are mixed or none says."""
+    devices = {run.device for run in runs if run.exists}
+    if devices == {"cuda"}:
+        return "GPU-hours"
+    if devices == {"cpu"}:
+        return "CPU-hours"
+    return "device-hours"
+
+
+NOTES = [
+    "paper: Lee et al., ICLR 2021 (AVBERT); Δ = ours - paper, in points.",
+    "hours: wall time x ranks summed over the row's stages; clips/s: median over the log intervals of the "
+    "row's first stage (the pretraining); peak mem: largest over the row's stages (GPU allocated memory, or "
+    "peak resident set on CPU).",
+    "state: done, running, preempted (to be requeued), pending, failed or missing (no run yet), of the row's "
+    "first stage that is not done; detail names that stage, its progress or its error.",
+]
+
+
+def build_table(spec: ExperimentReport, runs: dict[tuple[str, str], StageRun], params_of: Callable,
+                pretrained_label: Callable) -> Table:
+    """The experiment's table: one row per evaluated cell (with its upstream stages), in the experiment's order."""
+    rows = []
+    for row_spec in spec.rows():
+        row = RowRuns(row_spec, [runs[(c.variant, c.stage)] for c in row_spec.chain])
+        values = metrics_row(spec, row, params_of)
+        if spec.layout == "downstream":
+            values.update(downstream_fields(row, pretrained_label))
+            cell = row_spec.evaluated
+            expanded = cell is not None and sum(c.base_stage == cell.base_stage and c.variant == cell.variant
+                                                for c in spec.cells) > 1
+            values["_group"] = cell.base_stage if expanded else None
+        rows.append(values)
+    if spec.layout == "downstream":
+        rows = with_split_means(rows)
+    columns = LAYOUT_COLUMNS[spec.layout] + cost_columns(hours_header(list(runs.values())))
+    rows = [{column.key: row.get(column.key) for column in columns} for row in rows]
+    return Table(spec.name, spec.title, spec.layout, columns, rows, list(NOTES))

@@ -1,0 +1,127 @@
+"""Training metrics: per-interval means, ``metrics.jsonl`` and ``status.json``.
+
+Every log step appends one flat JSON object to ``<run_dir>/metrics.jsonl``:
+``step``, every loss and accuracy the objective returned under its own name
+(``loss``, ``mep_visual/loss``, ``cpp/acc``, ...), averaged over the
+micro-batches since the previous log line and over ranks, plus ``lr``,
+``grad_norm``, ``perf/clips_per_s``, ``perf/peak_mem_mb``,
+``data/skipped...`` and ``time/elapsed_s``. ``status.json`` holds the run's
+state (running, completed, preempted, failed) for status tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from avbert.train.distributed import all_reduce_mean
+
+
+class IntervalMeans:
+    """Sums of scalar tensors since the last log step, kept on device."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        self.count += 1
+
+    def reduce(self) -> dict[str, float]:
+        """Means over this interval and over ranks (every rank must call it)."""
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        local = torch.stack([self.sums[key] for key in keys]) / max(self.count, 1)
+        means = all_reduce_mean(local).tolist()
+        self.sums, self.count = {}, 0
+        return dict(zip(keys, means))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA peak allocated memory, or the process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def gather_counts(local: dict) -> list[dict]:
+    """Every rank's small dict (clip counts, skip counts, memory), on every rank."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return [local]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, local)
+    return out
+
+
+def combine_counts(per_rank: list[dict], seconds: float) -> dict[str, float]:
+    """Throughput, summed skip counts and the largest peak memory over ranks."""
+    clips = sum(entry["clips"] for entry in per_rank)
+    skipped: dict[str, int] = {}
+    for entry in per_rank:
+        for key, value in entry["skipped"].items():
+            skipped[f"data/{key}"] = skipped.get(f"data/{key}", 0) + value
+    out = {"perf/clips_per_s": clips / max(seconds, 1e-9), "perf/peak_mem_mb": max(e["peak_mem_mb"] for e in per_rank)}
+    out["data/skipped"] = skipped.pop("data/skipped", 0)
+    out.update(skipped)
+    return out
+
+
+class MetricsFile:
+    """Appends log lines to ``metrics.jsonl`` (main rank only)."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines past ``step``: a resumed run re-logs the steps after its checkpoint."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if _line_step(line) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def _line_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # unreadable tail of a killed writer
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All log lines of a run."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_status(run_dir: str | Path, state: str, step: int, total_steps: int,
+                 loss: Optional[float] = None, **extra) -> None:
+    """``status.json``: state, step, total steps, last loss, update time."""
+    record = {"state": state, "step": step, "total_steps": total_steps, "loss": loss,
+              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "updated_unix": time.time(), **extra}
+    path = Path(run_dir) / "status.json"
+    tmp = path.with_name("status.json.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: str | Path) -> Optional[dict]:
+    path = Path(run_dir) / "status.json"
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,170 @@
+"""The results tables from fixture run directories (tests/fixtures/runs/).
+
+``fx_sharing`` has a cell in every state: pending (``none``), done (``xl``,
+resumed once, two ranks), failed (``xl-all``), preempted with a half-written
+metrics line (``xl-part``), and a run the experiment file no longer produces
+(``old-variant``). ``fx_downstream`` has UCF101 over three splits (two done,
+one running), Charades (mAP) and ESC-50 (never submitted).
+
+The expected tables are in tests/fixtures/runs/expected/; after a deliberate
+change of the layout, rewrite them with ``AVBERT_UPDATE_GOLDEN=1 pytest
+tests/test_collect.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import shutil
+from pathlib import Path
+
+import pytest
+
+from avbert.results.collect import collect
+from avbert.results.render import print_table
+
+FIXTURES = Path(__file__).parent / "fixtures" / "runs"
+RUNS = FIXTURES / "runs"
+EXPERIMENTS = FIXTURES / "experiments"
+EXPECTED = FIXTURES / "expected"
+ROOT = Path(__file__).resolve().parents[1]
+FILES = ("table.md", "table.csv", "table.json")
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    tables = collect(["fx_sharing", "fx_downstream"], RUNS, out, search=[EXPERIMENTS])
+    return tables, out
+
+
+def rows_by(table, *keys):
+    return {tuple(row[k] for k in keys): row for row in table.rows}
+
+
+@pytest.mark.parametrize("experiment", ["fx_sharing", "fx_downstream"])
+def test_tables_match_the_expected_files(collected, experiment):
+    _, out = collected
+    for name in FILES:
+        produced = (out / experiment / name).read_text(encoding="utf-8")
+        expected_path = EXPECTED / experiment / name
+        if os.environ.get("AVBERT_UPDATE_GOLDEN"):
+            expected_path.parent.mkdir(parents=True, exist_ok=True)
+            expected_path.write_text(produced, encoding="utf-8")
+        assert produced == expected_path.read_text(encoding="utf-8"), f"{experiment}/{name} differs"
+
+
+def test_every_cell_has_a_row_with_its_state(collected):
+    tables, _ = collected
+    sharing = rows_by(tables["fx_sharing"], "variant", "stage")
+    assert {key: row["state"] for key, row in sharing.items()} == {
+        ("none", "synthetic_eval"): "pending",
+        ("xl", "synthetic_eval"): "done",
+        ("xl-all", "synthetic_eval"): "failed",
+        ("xl-part", "synthetic_eval"): "preempted",
+        ("old-variant", "pretrain"): "done",
+    }
+    assert sharing[("xl-part", "synthetic_eval")]["detail"] == "pretrain 60/100"
+    assert sharing[("xl-all", "synthetic_eval")]["detail"].startswith("synthetic_eval: NonFiniteLossError")
+    downstream = rows_by(tables["fx_downstream"], "stage", "split")
+    assert {key: row["state"] for key, row in downstream.items()} == {
+        ("ucf101-1", "1"): "done", ("ucf101-2", "2"): "done", ("ucf101-3", "3"): "running",
+        ("ucf101", "mean"): "partial", ("charades", "1"): "done", ("esc50", "1"): "missing",
+    }
+
+
+def test_numbers_next_to_the_paper(collected):
+    tables, _ = collected
+    xl = rows_by(tables["fx_sharing"], "variant")[("xl",)]
+    assert (xl["top1"], xl["paper_top1"]) == (62.5, 65.7)
+    assert xl["delta_top1"] == pytest.approx(62.5 - 65.7)
+    assert (xl["xl"], xl["xt"], xl["paper_params_m"]) == ("yes", "no", 21.0)
+    # (1200 s + 900 s of a resumed pretraining) x 2 ranks + 120 s of linear evaluation
+    assert xl["hours"] == pytest.approx((2100 * 2 + 120) / 3600)
+    assert xl["clips_per_s"] == pytest.approx(115.0)  # median of the pretraining's intervals
+    assert xl["peak_mem_gb"] == pytest.approx(3.0)
+    downstream = rows_by(tables["fx_downstream"], "stage", "split")
+    mean = downstream[("ucf101", "mean")]
+    assert (mean["top1"], mean["paper_top1"], mean["detail"]) == (81.0, 85.2, "2/3 splits")
+    assert mean["hours"] == pytest.approx((200 + 360 + 360 + 180) / 3600)  # the pretraining counted once
+    charades = downstream[("charades", "1")]
+    assert (charades["map"], charades["paper_map"], charades["top1"]) == (21.25, 29.5, None)
+
+
+def test_hours_column_names_the_device(collected):
+    tables, _ = collected
+    assert "GPU-hours" in [c.header for c in tables["fx_sharing"].columns]
+    assert "CPU-hours" in [c.header for c in tables["fx_downstream"].columns]
+
+
+def test_collecting_twice_gives_identical_files(collected, tmp_path):
+    _, first = collected
+    collect(["fx_sharing", "fx_downstream"], RUNS, tmp_path, search=[EXPERIMENTS])
+    for experiment in ("fx_sharing", "fx_downstream"):
+        names = sorted(p.name for p in (first / experiment).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / experiment).iterdir())
+        for name in names:
+            assert (first / experiment / name).read_bytes() == (tmp_path / experiment / name).read_bytes(), name
+
+
+def test_figures_are_drawn(collected):
+    _, out = collected
+    for path in (out / "fx_sharing" / "params_vs_top1.png", out / "fx_sharing" / "curves.png",
+                 out / "fx_downstream" / "curves.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "fx_downstream" / "params_vs_top1.png").exists()
+
+
+def test_csv_has_a_header_and_one_line_per_row(collected):
+    tables, out = collected
+    lines = (out / "fx_sharing" / "table.csv").read_text().splitlines()
+    assert lines[0].split(",")[:3] == ["variant", "stage", "protocol"]
+    assert len(lines) == 1 + len(tables["fx_sharing"].rows)
+    data = json.loads((out / "fx_sharing" / "table.json").read_text())
+    assert [row["variant"] for row in data["rows"]] == ["none", "xl", "xl-all", "xl-part", "old-variant"]
+
+
+def test_terminal_table_shows_ours_beside_the_paper(collected):
+    from rich.console import Console
+
+    tables, _ = collected
+    console = Console(record=True, width=250)
+    print_table(tables["fx_sharing"], console)
+    text = console.export_text()
+    assert "62.5 / 65.7 (-3.2)" in text and "preempted: pretrain 60/100" in text
+
+
+def test_an_experiment_that_never_ran_lists_every_cell_as_missing(tmp_path):
+    tables = collect([str(ROOT / "experiments" / "smoke.yaml")], tmp_path / "runs", None)
+    rows = tables["smoke"].rows
+    assert [(r["variant"], r["stage"], r["state"], r["detail"]) for r in rows] == [
+        ("xl", "synthetic_eval", "missing", "pretrain"), ("xl-part", "synthetic_eval", "missing", "pretrain")]
+
+
+def test_command_line_writes_the_formats_asked(tmp_path, capsys):
+    tool = runpy.run_path(str(ROOT / "tools" / "collect.py"), run_name="collect_test")
+    code = tool["main"](["fx_downstream", "--runs-dir", str(RUNS), "--out", str(tmp_path),
+                         "--experiments-dir", str(EXPERIMENTS), "--format", "csv"])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "fx_downstream").iterdir()) == ["table.csv"]
+    assert "Fixture: downstream tasks" in capsys.readouterr().out
+
+
+def test_command_line_refuses_an_unknown_experiment(tmp_path, capsys):
+    tool = runpy.run_path(str(ROOT / "tools" / "collect.py"), run_name="collect_test")
+    assert tool["main"](["no_such_experiment", "--runs-dir", str(tmp_path), "--out", str(tmp_path)]) == 1
+    assert "no experiment file" in capsys.readouterr().err
+
+
+def test_a_run_copied_elsewhere_collects_the_same(collected, tmp_path):
+    """Run directories hold no absolute paths the tables depend on."""
+    _, out = collected
+    shutil.copytree(RUNS, tmp_path / "moved")
+    collect(["fx_sharing"], tmp_path / "moved", tmp_path / "out", formats=("csv",), search=[EXPERIMENTS])
+    assert (tmp_path / "out" / "fx_sharing" / "table.csv").read_bytes() == (out / "fx_sharing" / "table.csv").read_bytes()
+
+
+def test_without_names_every_launched_experiment_is_collected(tmp_path):
+    tables = collect(None, RUNS, None, search=[EXPERIMENTS])
+    assert sorted(tables) == ["fx_downstream", "fx_sharing"]
