@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
     ({}, None, None, "NEW"),
 ])
 def test_states_combine_scheduler_and_run(entry, run, scheduler, expected):
+    if entry.get("submitted_unix") == "now":  # taken when the test runs, not when it is collected
+        entry = {**entry, "submitted_unix": time.time()}
     assert combine(entry, run, scheduler)[0] == expected
 
 
@@ -55,6 +57,10 @@ def test_speed_comes_from_the_current_run_of_a_requeued_job(tmp_path):
 def controller():
     """A process that looks like submitit's local controller."""
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "submitit.local._local"])
+    cmdline = Path(f"/proc/{process.pid}/cmdline")
+    deadline = time.time() + 30
+    while b"submitit" not in cmdline.read_bytes() and time.time() < deadline:
+        time.sleep(0.05)  # until the child has exec'd: before that it shows the parent's command line
     yield str(process.pid)
     process.kill()
     process.wait()
