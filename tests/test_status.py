@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
     ({"job_id": "4"}, {"state": "preempted"}, "TIMEOUT", "FAILED"),
     ({"job_id": "4"}, {"state": "running"}, "COMPLETED", "FAILED"),  # job exited without finishing the stage
     ({"job_id": "4"}, {"state": "failed", "error": "NonFiniteLossError"}, None, "FAILED"),
-    ({"job_id": "4", "cluster": "slurm", "submitted_unix": time.time()}, None, None, "SUBMITTED"),
+    ({"job_id": "4", "cluster": "slurm", "submitted_unix": "now"}, None, None, "SUBMITTED"),
     ({"job_id": "4", "cluster": "local"}, {"state": "running"}, None, "UNKNOWN"),  # controller gone
     ({}, None, None, "NEW"),
 ])
