@@ -104,3 +104,21 @@ def test_plan_within_15_percent_of_measured_cpu_peak(checkpointing):
     predicted = plan(load_config(None, overrides), 80 * GiB, world_size=1).peak
     measured = measure_in_subprocess(overrides[2:], kinds=("allocator",)).allocator_peak
     assert abs(predicted / measured - 1) <= 0.15, (predicted, measured)
+
+
+def test_dry_run_shows_the_predicted_memory_per_gpu_cell(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "tools" / "launch.py"), str(root / "experiments" / "sharing_ablation.yaml"),
+         "--profile", str(root / "slurm" / "profiles" / "paper-8x8.yaml"), "--scale", "tiny", "--dry-run",
+         "--runs-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "COLUMNS": "250"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "memory/GPU" in result.stdout
+    assert result.stdout.count("GiB fits (max batch") == 8, result.stdout  # one prediction per GPU cell
+    assert not (tmp_path / "sharing_ablation" / "index.json").exists()  # a dry run writes nothing

@@ -101,6 +101,29 @@ def _gpu_hours(p: PlannedCell) -> str:
     return _hours(p.cell.resources.gpu_hours) if p.cell.resources.gpus else "-"
 
 
+PLAN_GPU_MEMORY = 80 * 1024**3  # the dry-run's card (80 GB: H100/A100-80GB); tools/plan.py takes others
+_memory_cache: dict[str, str] = {}
+
+
+def _memory(p: PlannedCell) -> str:
+    """Predicted per-GPU peak of the cell's config on its resources (avbert.planning)."""
+    if not p.cell.resources.gpus:
+        return "-"
+    cfg, world = p.cell.config, p.cell.resources.world_size
+    key = repr((cfg.model, cfg.data, cfg.objective, cfg.train.zero_stage, cfg.train.precision,
+                cfg.train.activation_checkpointing, world))
+    if key not in _memory_cache:
+        try:
+            from avbert.planning import format_bytes, plan
+
+            mp = plan(cfg, PLAN_GPU_MEMORY, world)
+            verdict = "fits" if mp.fits else "[red]does not fit[/red]"
+            _memory_cache[key] = f"{format_bytes(mp.peak)} {verdict} (max batch {mp.max_batch})"
+        except Exception as err:  # a prediction must never block a launch
+            _memory_cache[key] = f"n/a ({type(err).__name__})"
+    return _memory_cache[key]
+
+
 def _action(p: PlannedCell) -> str:
     style = {"submit": "green", "skip": "dim", "blocked": "red"}[p.action]
     after = f", after {p.wait_for.split('/', 1)[1]}" if p.wait_for else ""
@@ -114,6 +137,7 @@ BASE_COLUMNS = [
     PlanColumn("time limit", lambda p: _time_limit(p.cell.resources.time_limit_min), "right"),
     PlanColumn("est. hours", lambda p: _hours(p.cell.resources.estimated_hours), "right"),
     PlanColumn("GPU-hours", _gpu_hours, "right"),
+    PlanColumn("memory/GPU (80 GB)", _memory, "right"),
     PlanColumn("state", lambda p: p.status.state),
     PlanColumn("action", _action),
 ]
