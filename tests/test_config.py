@@ -42,6 +42,11 @@ def test_override_wins_over_file(tmp_path):
     assert cfg.train.steps == 9
 
 
+def test_setting_one_loss_weight_keeps_the_others(tmp_path):
+    cfg = load_config(write(tmp_path, "objective: {weights: {cpp: 2.0}}\n"), ["objective.weights.mep_audio=0"])
+    assert cfg.objective.weights == {"mep_visual": 1.0, "mep_audio": 0.0, "mep_multimodal": 1.0, "cpp": 2.0}
+
+
 def test_unknown_key_names_file_path_and_closest(tmp_path):
     path = write(tmp_path, "model:\n  sharing:\n    modalites: all\n")
     with pytest.raises(ConfigError) as err:

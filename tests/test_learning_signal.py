@@ -12,8 +12,9 @@ clip's own video (``current_sequence``): with minibatch negatives MEP is
 solved by recognising the video (each synthetic video has its own background
 and hum) and the visual tokens never learn the events.
 
-CPP is held to 80% as well, but stays near 50-60% within this budget; that
-check is an expected failure until CPP trains faster (see
+CPP is held to 80% as well, but only starts to rise once MEP has made the
+tokens good (about step 600) and ends near 58% within this budget; that check
+is an expected failure until CPP trains faster (see
 ``test_cpp_becomes_accurate``). The figures go to ``probe.json`` in the
 run directory; ``python tests/test_learning_signal.py RUN_DIR [overrides]``
 runs the same experiment by hand.
@@ -170,9 +171,11 @@ def test_mep_rises_well_above_chance(figures):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="CPP stays near 50-60% within a few CPU minutes at the tiny preset; "
-                                        "even given identical event tokens for both modalities it stays near "
-                                        "50% for 600 steps, where a plain 2-layer Transformer learns it in ~200")
+@pytest.mark.xfail(strict=False, reason="CPP ends near 58% within a few CPU minutes at the tiny preset: the "
+                                        "CNN tokens carry the pairing (a per-clip bilinear comparator on the "
+                                        "frozen tokens reaches 98% in 200 steps), but the Transformers with "
+                                        "the BOS head learn it slowly (a fresh one reaches 81% in 600 steps "
+                                        "on those frozen tokens); neither a 4x CPP weight nor a flat lr helps")
 def test_cpp_becomes_accurate(figures):
     assert figures["cpp/acc"] >= MIN_CPP_ACC, json.dumps(figures, indent=1)
 

@@ -129,6 +129,10 @@ def merge_into(obj: Any, data: Any, source: str | None = None, prefix: str = "")
             current = _from_preset(type(current), value["preset"], source, f"{key}.preset")
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             updates[name] = merge_into(current, value, source, key)
+        elif isinstance(current, dict) and isinstance(value, dict):
+            # Mapping fields (loss weights) merge key by key: setting one entry
+            # keeps the others rather than dropping them to nothing.
+            updates[name] = {**current, **_coerce(value, tp, source, key)}
         else:
             updates[name] = _coerce(value, tp, source, key)
     merged = dataclasses.replace(obj, **updates)

@@ -58,7 +58,12 @@ class LowRankLinear(nn.Module):
         self.down = nn.Linear(in_features, rank, bias=False)  # V, private
         self.rotation = Orthogonal(rank)  # S, private
         self.up = shared_up  # U, shared
-        nn.init.normal_(self.down.weight, std=0.02)
+        # V x is L2-normalised, so V's scale never reaches the output; under Adam
+        # it only sets V's relative step (about lr / std). A 0.02 init makes
+        # that ~10% a step at lr 2e-3 and V's direction wanders; unit variance
+        # keeps it steady (measured: CPP on event tokens learns in 5 of 6 seeds
+        # with std 1, 2 of 6 with std 0.02).
+        nn.init.normal_(self.down.weight, std=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.normalize(self.down(x), dim=-1)
