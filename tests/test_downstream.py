@@ -70,9 +70,9 @@ def test_finetuning_from_the_pretrained_export_runs_and_reports(pretrained, fine
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
-    reason="known shortfall: at the tiny preset the visual CNN barely reads the synthetic events "
-    "(per-clip event probe 14-18% vs 12.5% chance), so fine-tuning memorises the training videos; "
-    "the synthetic data or the tiny preset must change before this bar holds",
+    reason="known shortfall: after the 500-step pretraining the fine-tuned tiny model reaches 28% "
+    "(train batches 43%) at lr 5e-4, and 23% (train 56%) at lr 2e-3, against 25% chance: 512 videos of "
+    "4 temporal-pattern classes do not teach the classifier to read transitions in 300 steps",
 )
 def test_finetuning_from_the_pretrained_export_beats_chance(finetuned):
     assert read_eval(finetuned)["metrics"]["top1"] >= CHANCE + 20  # clearly above chance
