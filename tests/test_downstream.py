@@ -1,6 +1,6 @@
 """The downstream stages end to end, through ``python -m avbert.train``.
 
-A short pretraining of the tiny model on the synthetic set gives the fp32
+The session's shared pretraining run (tests/conftest.py) gives the fp32
 export that fine-tuning and linear evaluation start from; each stage trains
 with the DeepSpeed loop, evaluates its export on the test views and writes
 ``eval.json``. A UCF101-style manifest of real (VP9/WebM) media exercises the
@@ -10,39 +10,22 @@ numbered splits and the visual feature.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from training_runs import SYNTHETIC, run_train
 
-ROOT = Path(__file__).resolve().parents[1]
-SYNTHETIC = ["model.preset=tiny", "data.preset=tiny", "data.synthetic.num_videos=640", "data.batch_size=32",
-             "train.precision=fp32", "train.zero_stage=0", "train.log_every=25", "optim.weight_decay=0.01"]
-PRETRAIN = ["train.steps=500", "train.checkpoint_every=500", "optim.lr=0.001", "optim.min_lr=0.0001",
-            "optim.warmup_steps=40"]
-FINETUNE = ["train.steps=300", "train.checkpoint_every=100", "optim.lr=0.0005", "optim.warmup_steps=20"]
-LINEAR = ["train.steps=40", "train.checkpoint_every=40", "optim.lr=0.01", "optim.warmup_steps=5"]
+FINETUNE = SYNTHETIC + ["train.steps=1000", "train.checkpoint_every=500", "train.log_every=50", "optim.lr=0.001",
+                        "optim.warmup_steps=20"]
+LINEAR = SYNTHETIC + ["train.steps=40", "train.checkpoint_every=40", "train.log_every=20", "optim.lr=0.01",
+                      "optim.warmup_steps=5"]
 CHANCE = 100 / 4  # data.synthetic.num_classes
 
 
-def run_train(stage: str, run_dir: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    command = [sys.executable, "-m", "avbert.train", stage, *overrides, f"train.run_dir={run_dir}"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3000)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("pretrain")
-    run_train("pretrain", run_dir, SYNTHETIC + PRETRAIN)
-    return run_dir / "export" / "model.pt"
+def pretrained(synthetic_pretraining) -> Path:
+    return synthetic_pretraining / "export" / "model.pt"
 
 
 def read_eval(run_dir: Path) -> dict:
@@ -52,7 +35,7 @@ def read_eval(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def finetuned(pretrained, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("finetune")
-    run_train("finetune", run_dir, SYNTHETIC + FINETUNE + [f"downstream.pretrained={pretrained}"])
+    run_train("finetune", run_dir, FINETUNE + [f"downstream.pretrained={pretrained}"])
     return run_dir
 
 
@@ -60,7 +43,7 @@ def finetuned(pretrained, tmp_path_factory) -> Path:
 def test_finetuning_from_the_pretrained_export_runs_and_reports(pretrained, finetuned):
     result = read_eval(finetuned)
     assert (result["task"], result["protocol"], result["feature"]) == ("synthetic", "finetune", "multimodal")
-    assert result["videos"] == 128 and result["views_per_video"] == [2]  # the val split; 2 views x 1 crop
+    assert result["videos"] == 256 and result["views_per_video"] == [2]  # the val split; 2 views x 1 crop
     assert result["pretrained"] == str(pretrained)
     last = [json.loads(line) for line in (finetuned / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["eval/top1"] == result["metrics"]["top1"]
@@ -68,19 +51,16 @@ def test_finetuning_from_the_pretrained_export_runs_and_reports(pretrained, fine
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known shortfall: after the 500-step pretraining the fine-tuned tiny model reaches 28% "
-    "(train batches 43%) at lr 5e-4, and 23% (train 56%) at lr 2e-3, against 25% chance: 512 videos of "
-    "4 temporal-pattern classes do not teach the classifier to read transitions in 300 steps",
-)
 def test_finetuning_from_the_pretrained_export_beats_chance(finetuned):
-    assert read_eval(finetuned)["metrics"]["top1"] >= CHANCE + 20  # clearly above chance
+    """The class is a pattern of event transitions. The same fine-tuning from random
+    weights reaches 33% on the val split (56% on its training batches); from the
+    shared pretraining run, 77% (75%). The margin asked for is what pretraining brings."""
+    assert read_eval(finetuned)["metrics"]["top1"] >= CHANCE + 20, read_eval(finetuned)
 
 
 @pytest.mark.slow
 def test_linear_evaluation_on_frozen_features_runs_end_to_end(pretrained, tmp_path):
-    run_train("linear", tmp_path, SYNTHETIC + LINEAR + [f"downstream.pretrained={pretrained}",
+    run_train("linear", tmp_path, LINEAR + [f"downstream.pretrained={pretrained}",
                                                        "data.test_views=3", "data.test_crops=3"])
     result = read_eval(tmp_path)
     assert set(result["metrics"]) == {"top1", "top5"} and 0 <= result["metrics"]["top1"] <= 100
@@ -95,7 +75,7 @@ def test_linear_evaluation_on_frozen_features_runs_end_to_end(pretrained, tmp_pa
         torch.testing.assert_close(classifier.model.state_dict()[name], value, msg=name)
 
     before = (tmp_path / "eval.json").read_bytes(), (tmp_path / "metrics.jsonl").read_bytes()
-    rerun = run_train("linear", tmp_path, SYNTHETIC + LINEAR + [f"downstream.pretrained={pretrained}",
+    rerun = run_train("linear", tmp_path, LINEAR + [f"downstream.pretrained={pretrained}",
                                                                "data.test_views=3", "data.test_crops=3"])
     assert "completed at step 40/40" in rerun.stderr
     assert ((tmp_path / "eval.json").read_bytes(), (tmp_path / "metrics.jsonl").read_bytes()) == before

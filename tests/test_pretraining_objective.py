@@ -86,8 +86,8 @@ def test_state_dict_resumes_masking_pairs_and_sampling_exactly():
 
 
 def capture(model: AVBertPretrainer) -> dict:
-    """Record what the pretrainer passes between the model's stages."""
-    seen, inner = {}, model.model
+    """Record, call by call, what the pretrainer passes between the model's stages."""
+    seen, inner = {"inputs": [], "hidden": [], "fused": []}, model.model
     tokenize, encode, fuse = inner.tokenize, inner.encode_unimodal, inner.fuse
 
     def tokenize_(*args):
@@ -95,11 +95,12 @@ def capture(model: AVBertPretrainer) -> dict:
         return seen["tokens"]
 
     def encode_(v_in, a_in, valid):
-        seen["inputs"], seen["hidden"] = (v_in, a_in), encode(v_in, a_in, valid)
-        return seen["hidden"]
+        seen["inputs"].append((v_in, a_in))
+        seen["hidden"].append(encode(v_in, a_in, valid))
+        return seen["hidden"][-1]
 
     def fuse_(v_seq, a_seq, v_valid, a_valid):
-        seen["fused"] = (v_seq, a_seq)
+        seen["fused"].append((v_seq, a_seq))
         return fuse(v_seq, a_seq, v_valid, a_valid)
 
     inner.tokenize, inner.encode_unimodal, inner.fuse = tokenize_, encode_, fuse_
@@ -113,24 +114,50 @@ def source_rows(swapped: torch.Tensor, original: torch.Tensor) -> list[int]:
     return same.float().argmax(1).tolist()
 
 
-def test_transformers_see_masked_tokens():
-    model = pretrainer("mid").eval()
+def assert_one_modality_swapped(pairs: tuple, originals: tuple, batch: int) -> None:
+    v_src, a_src = (source_rows(s, o) for s, o in zip(pairs, originals))
+    for b in range(batch):  # one modality is the sample's own, the other another video's
+        assert (v_src[b] == b) != (a_src[b] == b)
+
+
+@pytest.mark.parametrize("cpp_input", ["clean", "masked"])
+def test_mep_pass_sees_masked_tokens_and_cpp_pass_clean_ones(cpp_input):
+    model = pretrainer("mid", cpp_input=cpp_input).eval()
     seen = capture(model)
     model(tiny_batch(batch=8))
-    changed = [(inp != tok).any(-1) for inp, tok in zip(seen["inputs"], seen["tokens"])]
+    changed = [(inp != tok).any(-1) for inp, tok in zip(seen["inputs"][0], seen["tokens"])]
     for modality in changed:
         assert modality.any(dim=1).float().mean() > 0.5  # nearly every sequence has a masked token
         assert modality.float().mean() < 0.5
+    if cpp_input == "clean":  # a second unimodal pass, on the unmasked tokens
+        assert len(seen["inputs"]) == 2
+        for inp, tok in zip(seen["inputs"][1], seen["tokens"]):
+            assert torch.equal(inp, tok)
+    else:
+        assert len(seen["inputs"]) == 1
 
 
 @pytest.mark.parametrize("fusion", ["early", "mid"])
-def test_all_false_pairs_swap_one_modality_and_drop_multimodal_mep(fusion):
-    model = pretrainer(fusion, cpp_prob=1.0).eval()
+def test_masked_cpp_pairs_masked_sequences_and_drops_multimodal_mep_of_false_pairs(fusion):
+    model = pretrainer(fusion, cpp_prob=1.0, cpp_input="masked").eval()
     seen = capture(model)
     out = model(tiny_batch(batch=6))
-    original = seen["hidden"] if fusion == "mid" else seen["inputs"]
-    v_src, a_src = (source_rows(s, o) for s, o in zip(seen["fused"], original))
-    for b in range(6):  # one modality is the sample's own, the other another video's
-        assert (v_src[b] == b) != (a_src[b] == b)
+    original = seen["hidden"][0] if fusion == "mid" else seen["inputs"][0]
+    assert len(seen["fused"]) == 1
+    assert_one_modality_swapped(seen["fused"][0], original, 6)
     assert out["mep_multimodal/loss"].item() == 0.0  # no real pair left to score
+    assert out["cpp/loss"].item() > 0
+
+
+@pytest.mark.parametrize("fusion", ["early", "mid"])
+def test_clean_cpp_pairs_unmasked_sequences_and_keeps_multimodal_mep(fusion):
+    model = pretrainer(fusion, cpp_prob=1.0, cpp_input="clean").eval()
+    seen = capture(model)
+    out = model(tiny_batch(batch=6))
+    masked = seen["hidden"][0] if fusion == "mid" else seen["inputs"][0]
+    clean = seen["hidden"][1] if fusion == "mid" else seen["tokens"]
+    (mep_v, mep_a), pairs = seen["fused"]
+    assert torch.equal(mep_v, masked[0]) and torch.equal(mep_a, masked[1])  # each sample's own masked pair
+    assert_one_modality_swapped(pairs, clean, 6)
+    assert out["mep_multimodal/loss"].item() > 0  # every sample is scored, false pairs or not
     assert out["cpp/loss"].item() > 0

@@ -173,6 +173,11 @@ class ObjectiveConfig:
     score: Literal["projected", "bilinear"] = "projected"
     score_temperature: float = 0.1  # temperature of the projected MEP score (cosine / t)
     cpp_prob: float = 0.5
+    # What CPP pairs: "clean" runs the Transformers a second time on the unmasked tokens
+    # and pairs those (UNITER's image-text matching sees unmasked inputs); "masked" pairs
+    # the masked sequences of the MEP pass (BERT's next-sentence prediction, one pass).
+    # On the tiny synthetic set CPP learns only from clean pairs (tests/test_learning_signal.py).
+    cpp_input: Literal["clean", "masked"] = "clean"
     weights: dict[str, float] = field(
         default_factory=lambda: {"mep_visual": 1.0, "mep_audio": 1.0, "mep_multimodal": 1.0, "cpp": 1.0}
     )

@@ -5,16 +5,25 @@ One forward pass:
 1. The CNNs turn the clips into tokens x^v, x^a [B, T, D].
 2. BERT-style masking replaces about 15% of each modality's tokens (learned
    mask embedding, one per modality, held here).
-3. The unimodal Transformers (mid and late fusion) run once on the masked
-   tokens; MEP scores their outputs at the masked positions against the
-   unmasked CNN tokens.
-4. CPP makes about half of the pairs false by giving a sample another
-   video's visual or audio sequence, at the multimodal input: the unimodal
-   outputs (mid fusion) or the masked tokens (early fusion). The multimodal
-   Transformer fuses the pairs; MEP scores both of its halves, on real pairs
-   only, and the CPP head reads its two BOS outputs. Late fusion has no
-   multimodal Transformer: the CPP head reads the (paired) unimodal BOS
-   outputs.
+3. The unimodal Transformers (mid and late fusion) run on the masked tokens;
+   MEP scores their outputs at the masked positions against the unmasked CNN
+   tokens.
+4. The multimodal Transformer fuses each sample's own masked pair (the
+   unimodal outputs under mid fusion, the masked tokens under early fusion);
+   MEP scores both of its halves.
+5. CPP makes about half of the pairs false by giving a sample another
+   video's visual or audio sequence. With ``cpp_input: clean`` (the default)
+   the Transformers run again on the unmasked tokens and those sequences are
+   paired, fused, and the CPP head reads the two multimodal BOS outputs. Late
+   fusion has no multimodal Transformer: the head reads the paired unimodal
+   BOS outputs.
+
+With ``cpp_input: masked`` there is no second pass: the masked sequences of
+step 4 are paired before fusion, as BERT asks next-sentence prediction of its
+masked input, and multimodal MEP scores the real pairs only. On the tiny
+synthetic set CPP then stays near chance: with 4 clips about a third of each
+modality's tokens are masked (at least one per sequence), and the per-clip
+agreement that tells a real pair from a false one is what masking hides.
 
 ``forward`` returns ``loss`` (the weighted sum) and every term as
 ``<term>/loss`` and ``<term>/acc``; terms whose Transformer the fusion lacks
@@ -87,22 +96,50 @@ class AVBertPretrainer(nn.Module):
         if v_hid is not None:
             terms["mep_visual"] = self._mep("visual", v_hid[:, 1:], v_tok, v_chosen, valid)
             terms["mep_audio"] = self._mep("audio", a_hid[:, 1:], a_tok, a_chosen, valid)
-        if self.model.fusion == "late":
-            v_bos, a_bos = swap_pairs(v_hid[:, 0], a_hid[:, 0], partner, swap_audio)
+        fusion_input = self._fusion_input(v_in, a_in, v_hid, a_hid)
+        if self.objective.cpp_input == "clean":
+            # MEP on every sample's own (masked) pair; CPP on a second, unmasked pass.
+            if fusion_input is not None:
+                m_hid = self.model.fuse(*fusion_input, valid, valid)
+                terms["mep_multimodal"] = self._mep_multimodal(m_hid, v_tok, a_tok, v_chosen, a_chosen, valid)
+            clean_hid = self.model.encode_unimodal(v_tok, a_tok, valid)
+            pair_input = clean_hid if self.model.fusion == "late" else self._fusion_input(v_tok, a_tok, *clean_hid)
+            v_bos, a_bos, _ = self._pair(pair_input, valid, partner, swap_audio)
         else:
-            mid = self.model.fusion == "mid"
-            v_seq, a_seq = swap_pairs(v_hid if mid else v_in, a_hid if mid else a_in, partner, swap_audio)
-            v_valid, a_valid = swap_pairs(valid, valid, partner, swap_audio)
-            m_hid = self.model.fuse(v_seq, a_seq, v_valid, a_valid)
-            clips = valid.shape[1]
-            real = is_real.unsqueeze(1)
-            terms["mep_multimodal"] = average_terms(
-                self._mep("multimodal_visual", m_hid[:, 1:1 + clips], v_tok, v_chosen & real, valid),
-                self._mep("multimodal_audio", m_hid[:, 2 + clips:], a_tok, a_chosen & real, valid),
-            )
-            v_bos, a_bos = m_hid[:, 0], m_hid[:, 1 + clips]
+            # One pass: the masked sequences are paired; MEP scores real pairs only.
+            pair_input = (v_hid, a_hid) if self.model.fusion == "late" else fusion_input
+            v_bos, a_bos, m_hid = self._pair(pair_input, valid, partner, swap_audio)
+            if m_hid is not None:
+                real = is_real.unsqueeze(1)
+                terms["mep_multimodal"] = self._mep_multimodal(m_hid, v_tok, a_tok, v_chosen & real,
+                                                               a_chosen & real, valid)
         terms["cpp"] = self.pair_head(torch.cat([v_bos, a_bos], dim=-1), is_real)
         return self._collect(terms)
+
+    def _fusion_input(self, v_tok, a_tok, v_hid, a_hid):
+        """What the multimodal Transformer reads: the unimodal outputs (mid fusion), the
+        tokens (early fusion), or nothing (late fusion)."""
+        return {"mid": (v_hid, a_hid), "early": (v_tok, a_tok), "late": None}[self.model.fusion]
+
+    def _pair(self, sequences, valid, partner, swap_audio):
+        """Pair the two modality sequences ``[B, S, D]`` (false pairs take one modality
+        from ``partner``) -> the two BOS features the CPP head reads and the multimodal
+        outputs (``None`` under late fusion, where the sequences are the unimodal outputs)."""
+        v_seq, a_seq = swap_pairs(*sequences, partner, swap_audio)
+        if self.model.fusion == "late":
+            return v_seq[:, 0], a_seq[:, 0], None
+        v_valid, a_valid = swap_pairs(valid, valid, partner, swap_audio)
+        m_hid = self.model.fuse(v_seq, a_seq, v_valid, a_valid)
+        clips = valid.shape[1]
+        return m_hid[:, 0], m_hid[:, 1 + clips], m_hid
+
+    def _mep_multimodal(self, m_hid, v_tok, a_tok, v_chosen, a_chosen, valid) -> dict[str, torch.Tensor]:
+        """MEP at both halves of the multimodal outputs ``[B, 2 + 2T, D]``, averaged."""
+        clips = valid.shape[1]
+        return average_terms(
+            self._mep("multimodal_visual", m_hid[:, 1:1 + clips], v_tok, v_chosen, valid),
+            self._mep("multimodal_audio", m_hid[:, 2 + clips:], a_tok, a_chosen, valid),
+        )
 
     def _mask(self, tokens: torch.Tensor, valid: torch.Tensor, modality: str,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
