@@ -88,7 +88,9 @@ def count_model_flops(cfg: Config) -> int:
     meta device, so no memory or time is spent even at paper scale, at batch 1
     and multiplied by the batch (every counted op is per sample). The
     objective's heads (projections of about a dozen masked tokens per video)
-    are left out: under 0.1% of the total.
+    are left out: under 0.1% of the total. So is the second Transformer pass
+    of ``objective.cpp_input: clean``: the Transformers are 0.1% of the
+    paper model's forward FLOPs.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
