@@ -80,6 +80,8 @@ def test_wrong_enum_lists_allowed_values(tmp_path):
         ("model: {preset: huge}\n", "model.preset", "allowed values"),
         ("train: {zero_stage: 4}\n", "train.zero_stage", "allowed values: 0, 1, 2, 3"),
         ("objective: {weights: {mep_video: 1.0}}\n", "objective", "unknown loss weight"),
+        ("objective: {cpp_input: unmasked}\n", "objective.cpp_input", "allowed values"),
+        ("data: {synthetic: {num_classes: 9}}\n", "data", "synthetic.num_classes must be in [1, synthetic.num_events = 8]"),
     ],
 )
 def test_wrong_types_and_values(tmp_path, text, key, fragment):
@@ -108,3 +110,14 @@ def test_missing_and_malformed_files(tmp_path):
 def test_resolved_yaml_is_plain_data():
     data = yaml.safe_load(dump_yaml(Config()))
     assert data["model"]["sharing"] == {"layers": "cross_layer", "modalities": "lowrank", "rank": 128}
+
+
+def test_synthetic_event_types_reach_the_generated_set():
+    from avbert.data.build import synthetic_spec
+    from avbert.data.synthetic import generate_video
+
+    cfg = load_config(overrides=["data.preset=tiny", "data.synthetic.num_events=24", "data.synthetic.num_classes=4"])
+    spec = synthetic_spec(cfg.data)
+    assert spec.num_events == 24
+    seen = {int(e) for i in range(64) for e in generate_video(spec, i).events}
+    assert max(seen) >= 8 and seen <= set(range(24))  # types beyond the default 8 occur

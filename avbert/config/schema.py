@@ -108,6 +108,10 @@ class SyntheticDataConfig:
 
     num_videos: int = 512
     num_classes: int = 4
+    # Event types (each a colour, shape, motion, pitch and rhythm). With few types many
+    # minibatch clips share the positive's event, which similarity-based negative
+    # samplers then draw as negatives (see tests/conftest.py).
+    num_events: int = 8
     seed: int = 0
 
 
@@ -158,6 +162,10 @@ class DataConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.spec_augment < 0.5:
             raise ValueError(f"spec_augment must be in [0, 0.5), got {self.spec_augment}")
+        if not 1 <= self.synthetic.num_classes <= self.synthetic.num_events:
+            raise ValueError(f"synthetic.num_classes must be in [1, synthetic.num_events = "
+                             f"{self.synthetic.num_events}], got {self.synthetic.num_classes}: each class "
+                             "is a row of a Latin square over the event types")
 
 
 @dataclass

@@ -17,6 +17,7 @@ def synthetic_spec(data: DataConfig):
     return SyntheticSpec(
         num_videos=data.synthetic.num_videos,
         num_classes=data.synthetic.num_classes,
+        num_events=data.synthetic.num_events,
         clips=data.clips,
         frames_per_clip=data.frames_per_clip,
         frame_size=data.crop_size,
