@@ -113,7 +113,7 @@ def test_loaders_replace_and_count_bad_records(mixed, kind):
     for _ in range(loader.batches_per_epoch):  # one full pass: every record is planned once
         batch = next(loader)
         assert batch["video"].shape == (4, 4, 3, 4, 32, 32) and batch["audio"].shape == (4, 4, 1, 40, 32)
-        assert set(batch["index"].tolist()) <= good and torch.isfinite(batch["video"]).all()
+        assert set(batch["index"].tolist()) <= good and batch["video"].dtype == torch.uint8
     counted = {key: value for key, value in loader.skipped.items() if value}
     assert counted == expected
     assert loader.state_dict()["skipped"] == loader.skipped

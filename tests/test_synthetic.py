@@ -36,7 +36,7 @@ def test_item_does_not_depend_on_which_videos_are_loaded(dataset):
 def test_item_shapes_and_dtypes(dataset):
     item = dataset[0]
     t, f, s = SPEC.clips, SPEC.frames_per_clip, SPEC.frame_size
-    assert item["video"].shape == (t, 3, f, s, s) and item["video"].dtype == torch.float32
+    assert item["video"].shape == (t, 3, f, s, s) and item["video"].dtype == torch.uint8
     assert item["audio"].shape == (t, 1, SPEC.n_mels, SPEC.mel_frames)
     assert item["audio"].dtype == torch.float32
     assert item["valid"].dtype == torch.bool and bool(item["valid"].all())
@@ -47,7 +47,9 @@ def test_item_shapes_and_dtypes(dataset):
 
 
 def test_inputs_are_order_one(dataset):
-    video = torch.stack([dataset[i]["video"] for i in range(16)])
+    from avbert.models.cnn import normalize_pixels
+
+    video = normalize_pixels(torch.stack([dataset[i]["video"] for i in range(16)]))  # what the model sees
     assert video.abs().mean() < 3 and dataset.audio.abs().mean() < 3
     assert dataset.audio.std() > 0.1
 

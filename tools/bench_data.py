@@ -149,7 +149,7 @@ def dali_decode(manifest, args, resize: bool):
     each clip's crop region (the loader's unavoidable pixel work), and nothing else."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from avbert.data.dali_loader import DaliLoader, crop_region
+    from avbert.data.dali_loader import DaliLoader, crop_region, resize_crop
 
     planner = DaliLoader(manifest, SPEC, args.batch_size, seed=0)
 
@@ -171,9 +171,7 @@ def dali_decode(manifest, args, resize: bool):
                                                                num_outputs=3 + resize, batch=True)
             decoded = fn.decoders.video(video, frames=frames, pad_mode="none")
             if resize:
-                region = region[0]
-                decoded = fn.resize(decoded, roi_start=region[0:2], roi_end=region[2:4], roi_relative=False,
-                                    size=[SPEC.crop_size] * 2, interp_type=types.INTERP_LINEAR, antialias=True)
+                decoded = resize_crop(decoded, region[0], SPEC.crop_size)
             wave, _ = fn.decoders.audio(audio, sample_rate=SPEC.sample_rate, downmix=True, dtype=types.FLOAT)
             return decoded, wave
 

@@ -35,12 +35,12 @@ class StepOptions:
 
 
 def synthetic_batch(cfg: Config, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """video [B,T,3,F,H,W] and audio [B,T,1,M,N] of normal noise, fp32 like the loaders give."""
+    """Random uint8 video [B,T,3,F,H,W] and normal-noise audio [B,T,1,M,N], as the loaders give."""
     from avbert.planning.activations import synthetic_inputs
 
     generator = torch.Generator(device=device).manual_seed(seed)
-    video, audio = synthetic_inputs(cfg.data, cfg.data.batch_size, device)
-    return {"video": video.normal_(generator=generator), "audio": audio.normal_(generator=generator)}
+    video, audio = synthetic_inputs(cfg.data, cfg.data.batch_size, device, fill=True, generator=generator)
+    return {"video": video, "audio": audio}
 
 
 def build_module(cfg: Config, options: StepOptions, device: torch.device) -> nn.Module:

@@ -64,8 +64,8 @@ def one_step(engine, cfg, seed: int) -> None:
     from avbert.planning.activations import synthetic_inputs
 
     torch.manual_seed(seed)
-    video, audio = synthetic_inputs(cfg.data, cfg.data.batch_size, "cpu")
-    out = engine({"video": video.normal_(), "audio": audio.normal_()})
+    video, audio = synthetic_inputs(cfg.data, cfg.data.batch_size, "cpu", fill=True)
+    out = engine({"video": video, "audio": audio})
     engine.backward(out["loss"])
     engine.step()
 

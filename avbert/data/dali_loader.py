@@ -6,7 +6,8 @@ DALI graph then
 
 - decodes the planned frames of every clip with ``fn.decoders.video`` (NVDEC on a GPU,
   ``device="mixed"``; FFmpeg on CPU, which reads only VP9, VP8 and MJPEG), resizes,
-  crops and mirrors them and normalises to ``(x / 255 - 0.45) / 0.225``;
+  crops and mirrors them, as uint8 pixels (the model normalises them on the training
+  device);
 - decodes the extracted FLAC with ``fn.decoders.audio``, cuts one window per clip and
   computes ``fn.spectrogram -> fn.mel_filter_bank(htk, unnormalised) -> fn.to_decibels``,
   the suite's log-mel (``avbert.data.audio``), cropped or padded to ``mel_frames``.
@@ -40,7 +41,7 @@ from avbert.data.audio import LOGMEL_MEAN, LOGMEL_STD, SILENCE_DB, spec_augment
 from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
 from avbert.data.probe import ProbeError, Reason, check_record, read_bytes, silent_flac
-from avbert.data.pyav_loader import VIDEO_MEAN, VIDEO_STD, first_usable, label_of, skip_counts, torch_threads
+from avbert.data.pyav_loader import first_usable, label_of, skip_counts, torch_threads
 from avbert.data.sampler import epoch_order, rank_shard
 
 logger = logging.getLogger("avbert.data")
@@ -72,31 +73,40 @@ class Planned:
     reasons: list[str]
 
 
-def _video_branch(inputs, spec: ClipSpec, crops: int, gpu: bool):
-    """Frames -> ``[T, 3, F, S, S]`` per crop (stacked to ``[C, ...]`` for several).
+def resize_crop(decoded, region, side: int):
+    """The crop square of ``region`` (``crop_region``), resized to ``side`` pixels.
 
-    Each crop resizes only its region of interest: the source rectangle that the crop
-    square covers in the resized frame, mapped at the resized frame's scale. The pixels
-    equal those of resizing the whole frame and then cropping, at a fraction of the cost.
+    Only the region of interest is resized: the source rectangle that the crop square
+    covers in the resized frame, mapped at the resized frame's scale. The pixels equal
+    those of resizing the whole frame and then cropping, at a fraction of the cost.
+    Linear interpolation without antialiasing, as the PyAV loader's ``SCALER``.
     """
-    video, frames, flip, *regions = inputs
+    return fn.resize(decoded, roi_start=region[0:2], roi_end=region[2:4], roi_relative=False,
+                     size=[side, side], interp_type=types.INTERP_LINEAR, antialias=False)
+
+
+def _video_branch(inputs, spec: ClipSpec, crops: int, gpu: bool):
+    """Frames -> uint8 ``[T, 3, F, S, S]`` per crop (stacked to ``[C, ...]`` for several):
+    one resize (which also mirrors) and one transpose of uint8 pixels."""
+    video, frames, *regions = inputs
     decoded = fn.decoders.video(video, frames=frames, pad_mode="none", device="mixed" if gpu else "cpu")
     side, views = spec.crop_size, []
     for region in regions[:crops]:
-        square = fn.resize(decoded, roi_start=region[0:2], roi_end=region[2:4], roi_relative=False,
-                           size=[side, side], interp_type=types.INTERP_LINEAR, antialias=True)
-        planar = fn.crop_mirror_normalize(square, mirror=flip, mean=[VIDEO_MEAN * 255] * 3,
-                                          std=[VIDEO_STD * 255] * 3, dtype=types.FLOAT, output_layout="CFHW")
-        clips = fn.reshape(planar, shape=[3, spec.clips, spec.frames_per_clip, side, side], layout="")
-        views.append(fn.transpose(clips, perm=[1, 0, 2, 3, 4]))
+        square = resize_crop(decoded, region, side)  # [T * F, S, S, 3]
+        clips = fn.reshape(square, shape=[spec.clips, spec.frames_per_clip, side, side, 3], layout="")
+        views.append(fn.transpose(clips, perm=[0, 4, 1, 2, 3]))
     return views[0] if crops == 1 else fn.stack(*views)
 
 
 def crop_region(crop, height: int, width: int, side: int) -> np.ndarray:
-    """``[y0, x0, y1, x1]`` in source pixels of the crop square of ``crop``."""
+    """``[y0, x0, y1, x1]`` in source pixels of the crop square of ``crop``. A mirrored
+    crop has ``x0 > x1``: DALI's resize reads a reversed region of interest mirrored,
+    so the flip costs no pass of its own."""
     scale_y, scale_x = crop.height / height, crop.width / width
-    return np.array([crop.top / scale_y, crop.left / scale_x,
-                     (crop.top + side) / scale_y, (crop.left + side) / scale_x], dtype=np.float32)
+    left, right = crop.left / scale_x, (crop.left + side) / scale_x
+    if crop.flip:
+        left, right = right, left
+    return np.array([crop.top / scale_y, left, (crop.top + side) / scale_y, right], dtype=np.float32)
 
 
 def _audio_branch(inputs, spec: ClipSpec):
@@ -125,7 +135,7 @@ def _audio_branch(inputs, spec: ClipSpec):
 def build_pipeline(spec: ClipSpec, source, batch_size: int, crops: int, need_video: bool, masked: bool,
                    device_id: Optional[int], num_threads: int, prefetch: int = 2):
     """The DALI graph fed by ``source`` (a callable returning one list per input)."""
-    video_inputs = 3 + crops if need_video else 0
+    video_inputs = 2 + crops if need_video else 0
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                   prefetch_queue_depth=prefetch, exec_dynamic=True)
@@ -152,14 +162,14 @@ def keep_mask(spec: ClipSpec, seed: int) -> np.ndarray:
 
 def feed_rows(planned: list[Planned], spec: ClipSpec, crops: int, need_video: bool, masked: bool) -> tuple:
     """External-source inputs of a batch: one row per temporal view of every video."""
-    columns: list[list] = [[] for _ in range((3 + crops if need_video else 0) + 3 + masked)]
+    columns: list[list] = [[] for _ in range((2 + crops if need_video else 0) + 3 + masked)]
     for item in planned:
         for first in range(0, len(item.plan.views), crops):
             views = item.plan.views[first:first + crops]
             clips, crop = views[0]
             row = []
             if need_video:
-                row += [item.video, clips.frames.reshape(-1).astype(np.int32), np.array(int(crop.flip), np.int32)]
+                row += [item.video, clips.frames.reshape(-1).astype(np.int32)]
                 row += [crop_region(c, item.record.height, item.record.width, spec.crop_size) for _, c in views]
             starts = np.round(clips.starts * spec.sample_rate).astype(np.int32)
             row += [item.audio, starts, np.array([int(round(clips.window_seconds * spec.sample_rate))], np.int32)]
@@ -170,17 +180,16 @@ def feed_rows(planned: list[Planned], spec: ClipSpec, crops: int, need_video: bo
 
 
 def to_torch(tensor_list, device_id: Optional[int] = None) -> torch.Tensor:
-    """A dense float DALI batch as a torch tensor (a copy: DALI reuses its buffers); GPU
-    outputs land on ``cuda:device_id``, the pipeline's GPU."""
-    dense = tensor_list.as_tensor()
-    if type(tensor_list).__name__.endswith("GPU"):
-        from nvidia.dali.plugin.pytorch import feed_ndarray
+    """A dense DALI batch as a torch tensor of its dtype (a copy: DALI reuses its
+    buffers); GPU outputs land on ``cuda:device_id``, the pipeline's GPU."""
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
-        device = torch.device("cuda", device_id)
-        out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
-        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
-        return out
-    return torch.from_numpy(np.array(dense))
+    dense = tensor_list.as_tensor()
+    gpu = type(tensor_list).__name__.endswith("GPU")
+    device = torch.device("cuda", device_id) if gpu else torch.device("cpu")
+    out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=device)
+    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device) if gpu else None)
+    return out
 
 
 class DaliLoader:

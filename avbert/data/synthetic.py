@@ -40,8 +40,6 @@ import torch
 
 from avbert.data.audio import LogMel, clip_logmel
 
-VIDEO_MEAN = 0.45
-VIDEO_STD = 0.225
 GOLDEN = (5 ** 0.5 - 1) / 2
 
 
@@ -271,11 +269,6 @@ def clip_frames(frames: np.ndarray | torch.Tensor, clips: int) -> torch.Tensor:
     return x.movedim(-1, -4)
 
 
-def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float32 ``(x / 255 - 0.45) / 0.225``, the suite's video input."""
-    return (frames.float() / 255.0 - VIDEO_MEAN) / VIDEO_STD
-
-
 def _item_tensors(spec: SyntheticSpec, indices, logmel: LogMel):
     """Uint8 clip frames, normalised log-mel patches, labels and events of ``indices``."""
     raws = [generate_video(spec, i) for i in indices]
@@ -294,11 +287,11 @@ def _item_tensors(spec: SyntheticSpec, indices, logmel: LogMel):
 class SyntheticAVDataset(torch.utils.data.Dataset):
     """In-memory synthetic videos in the suite's item format.
 
-    Items: ``video`` float32 ``[T, 3, F, H, W]``, ``audio`` float32 ``[T, 1, n_mels,
-    mel_frames]`` (normalised log-mel), ``valid`` bool ``[T]``, ``label`` and ``index``
-    int64 scalars. All videos of the split are generated once at construction (a few
-    milliseconds each); frames are kept as uint8 and normalised per item. ``events``
-    holds the latent per-clip events ``[len, T]`` for analysis; items are unaugmented.
+    Items: ``video`` uint8 pixels ``[T, 3, F, H, W]`` (the model normalises them),
+    ``audio`` float32 ``[T, 1, n_mels, mel_frames]`` (normalised log-mel), ``valid``
+    bool ``[T]``, ``label`` and ``index`` int64 scalars. All videos of the split are
+    generated once at construction (a few milliseconds each). ``events`` holds the
+    latent per-clip events ``[len, T]`` for analysis; items are unaugmented.
     """
 
     def __init__(self, spec: SyntheticSpec = SyntheticSpec(), split: str | None = None,
@@ -315,7 +308,7 @@ class SyntheticAVDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {
-            "video": normalize_frames(self.video[i]),
+            "video": self.video[i],
             "audio": self.audio[i],
             "valid": torch.ones(self.spec.clips, dtype=torch.bool),
             "label": self.labels[i],

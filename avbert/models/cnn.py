@@ -6,6 +6,12 @@ only, and the first convolution of every residual block has temporal extent
 ``temporal_kernel``, so the clip's frame count is kept to the end), ``dims=2``
 builds the audio CNN over (mel, time). Depth 18 uses basic blocks, depth 50
 bottleneck blocks, with ``width`` channels after the stem.
+
+Video reaches the model as uint8 pixels, the loaders' output, and is normalised
+here, on the training device: ``(x / 255 - 0.45) / 0.225`` (the Kinetics
+statistics PySlowFast uses). Host memory, worker-to-trainer transfers and the
+host-to-GPU copy then move a quarter of the bytes of float32 frames. A float
+input is taken as already normalised.
 """
 
 from __future__ import annotations
@@ -15,6 +21,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
+PIXEL_MEAN, PIXEL_STD = 0.45, 0.225
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 ``(x / 255 - 0.45) / 0.225``; float input passes unchanged."""
+    if pixels.is_floating_point():
+        return pixels
+    return (pixels.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
 
 def _conv(dims: int, cin: int, cout: int, kernel: tuple[int, ...], stride: tuple[int, ...]) -> nn.Module:
@@ -124,7 +138,8 @@ class ResNet(nn.Module):
 
 class ClipEncoder(nn.Module):
     """A CNN per clip, then a linear map to the Transformer width and LayerNorm:
-    one token per clip. Input [B, T, C, ...] -> tokens [B, T, D]."""
+    one token per clip. Input [B, T, C, ...] -> tokens [B, T, D]; uint8 input
+    (video pixels) is normalised first."""
 
     def __init__(self, cnn: ResNet, width: int):
         super().__init__()
@@ -134,7 +149,7 @@ class ClipEncoder(nn.Module):
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         b, t = clips.shape[:2]
-        features = self.cnn(clips.flatten(0, 1))
+        features = self.cnn(normalize_pixels(clips).flatten(0, 1))
         return self.norm(self.proj(features)).view(b, t, -1)
 
 

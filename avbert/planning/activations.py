@@ -176,22 +176,24 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def synthetic_inputs(data: DataConfig, batch: int, device: str | torch.device,
-                     dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch tensors of the configured shapes: video [B,T,3,F,H,W], audio [B,T,1,M,N]."""
+def synthetic_inputs(data: DataConfig, batch: int, device: str | torch.device, fill: bool = False,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch tensors as the loaders give them: uint8 pixels video [B,T,3,F,H,W] and
+    float32 log-mel audio [B,T,1,M,N]; ``fill`` draws random pixels and normal noise."""
     video = torch.empty(batch, data.clips, 3, data.frames_per_clip, data.crop_size, data.crop_size,
-                        dtype=dtype, device=device)
-    audio = torch.empty(batch, data.clips, 1, data.n_mels, data.mel_frames, dtype=dtype, device=device)
+                        dtype=torch.uint8, device=device)
+    audio = torch.empty(batch, data.clips, 1, data.n_mels, data.mel_frames, dtype=torch.float32, device=device)
+    if fill:
+        video.random_(0, 256, generator=generator)
+        audio.normal_(generator=generator)
     return video, audio
 
 
 def count_saved(model: nn.Module, data: DataConfig, batch: int, precision: str = "fp32") -> SavedBytes:
     """Run ``model`` forward once on its device and count what autograd saves for backward."""
     device = next(model.parameters()).device
-    video, audio = synthetic_inputs(data, batch, device)
-    if not isinstance(video, FakeTensor):
-        video.normal_()
-        audio.normal_()
+    fake = isinstance(next(model.parameters()), FakeTensor)
+    video, audio = synthetic_inputs(data, batch, device, fill=not fake)
     excluded = {storage_key(p) for p in model.parameters()} | {storage_key(video), storage_key(audio)}
     counter = SavedTensorCounter(model, excluded)
     try:
@@ -234,7 +236,7 @@ def _measure(model_cfg: ModelConfig, data: DataConfig, precision: str,
         per_sample=two.total - one.total,
         fixed_checkpointed=max(0, 2 * one.checkpointed - two.checkpointed),
         per_sample_checkpointed=two.checkpointed - one.checkpointed,
-        input_per_sample=(video.numel() + audio.numel()) * 4,
+        input_per_sample=video.numel() * video.element_size() + audio.numel() * audio.element_size(),
         objective_per_sample=objective_bytes_per_sample(model_cfg, data, objective),
     )
 

@@ -78,8 +78,8 @@ def build_training(cfg: Config) -> Callable[[], None]:
     module = AVBertPretrainer(AVBert(cfg.model), cfg.objective).train()
     module.model.set_gradient_checkpointing(bool(cfg.train.activation_checkpointing))
     optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.optim.lr)
-    video, audio = synthetic_inputs(cfg.data, cfg.data.batch_size, "cpu")
-    batch = {"video": video.normal_(), "audio": audio.normal_()}
+    video, audio = synthetic_inputs(cfg.data, cfg.data.batch_size, "cpu", fill=True)
+    batch = {"video": video, "audio": audio}
 
     def step() -> None:
         module(batch)["loss"].backward()
