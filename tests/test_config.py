@@ -82,6 +82,7 @@ def test_wrong_enum_lists_allowed_values(tmp_path):
         ("objective: {weights: {mep_video: 1.0}}\n", "objective", "unknown loss weight"),
         ("objective: {cpp_input: unmasked}\n", "objective.cpp_input", "allowed values"),
         ("data: {synthetic: {num_classes: 9}}\n", "data", "synthetic.num_classes must be in [1, synthetic.num_events = 8]"),
+        ("data: {n_fft: 1}\n", "data", "n_fft must be >= 2 samples"),
     ],
 )
 def test_wrong_types_and_values(tmp_path, text, key, fragment):
@@ -121,3 +122,11 @@ def test_synthetic_event_types_reach_the_generated_set():
     assert spec.num_events == 24
     seen = {int(e) for i in range(64) for e in generate_video(spec, i).events}
     assert max(seen) >= 8 and seen <= set(range(24))  # types beyond the default 8 occur
+
+
+def test_fft_size_defaults_to_twice_the_hop_and_can_be_set():
+    from avbert.data.clips import ClipSpec
+
+    default = ClipSpec.from_config(load_config().data)
+    assert (default.hop_length, default.n_fft) == (256, 512)  # 16 ms at 16 kHz
+    assert ClipSpec.from_config(load_config(overrides=["data.n_fft=400"]).data).n_fft == 400

@@ -135,6 +135,7 @@ class DataConfig:
     n_mels: int = 80
     mel_frames: int = 128
     hop_ms: float = 16.0
+    n_fft: Optional[int] = None  # FFT and window size in samples; None: twice the hop (512 at 16 ms, 16 kHz)
     spec_augment: float = 0.05
     batch_size: int = 8  # per GPU (per rank)
     num_workers: int = 4
@@ -160,6 +161,8 @@ class DataConfig:
         for name in ("clips", "frames_per_clip", "frame_stride", "crop_size", "n_mels", "mel_frames", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_fft is not None and self.n_fft < 2:
+            raise ValueError(f"n_fft must be >= 2 samples (or null for twice the hop), got {self.n_fft}")
         if not 0.0 <= self.spec_augment < 0.5:
             raise ValueError(f"spec_augment must be in [0, 0.5), got {self.spec_augment}")
         if not 1 <= self.synthetic.num_classes <= self.synthetic.num_events:

@@ -54,13 +54,14 @@ class ClipSpec:
 
     @classmethod
     def from_config(cls, data) -> "ClipSpec":
-        """Geometry of a ``DataConfig``: hop from ``hop_ms``, FFT size twice the hop."""
+        """Geometry of a ``DataConfig``: hop from ``hop_ms``, FFT size ``n_fft`` (twice the
+        hop when unset)."""
         hop = max(1, int(round(data.hop_ms * data.sample_rate / 1000.0)))
         return cls(clips=data.clips, clip_seconds=data.clip_seconds,
                    frames_per_clip=data.frames_per_clip, frame_stride=data.frame_stride,
                    crop_size=data.crop_size, short_side=tuple(data.short_side),
                    sample_rate=data.sample_rate, n_mels=data.n_mels,
-                   mel_frames=data.mel_frames, hop_length=hop, n_fft=2 * hop,
+                   mel_frames=data.mel_frames, hop_length=hop, n_fft=data.n_fft or 2 * hop,
                    spec_augment=data.spec_augment, test_views=data.test_views,
                    test_crops=data.test_crops)
 
