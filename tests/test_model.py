@@ -14,7 +14,7 @@ import torch
 
 from avbert.config import ModelConfig, SharingConfig
 from avbert.models import AVBert, SHARING_VARIANTS, count_parameters, sharing_variant
-from avbert.models.sharing import LowRankLinear
+from avbert.models.sharing import MAP_NAMES, LowRankLinear, Orthogonal
 
 ROOT = Path(__file__).resolve().parents[1]
 B, T = 2, 3
@@ -169,3 +169,50 @@ def test_padded_positions_do_not_change_unpadded_outputs(fusion):
             continue
         assert torch.allclose(first[i][keep], second[i][keep], atol=1e-5)
         assert not torch.allclose(first[i][~keep], second[i][~keep], atol=1e-3)  # padded ones did change
+
+
+def test_a_shared_layer_computes_each_orthogonal_s_once_per_pass(monkeypatch):
+    """Cross-layer sharing applies one layer L times; its six S = exp(A - A^T) are
+    computed once per Transformer pass, with the outputs and gradients of computing
+    them at every application."""
+    torch.manual_seed(0)
+    model = AVBert(tiny()).train()
+    transformer = model.transformers["visual"]
+    assert len(transformer.layers) > 1 and len(set(map(id, transformer.layers))) == 1
+    x, keep = torch.randn(B, 1 + T, model.width), torch.ones(B, 1 + T, dtype=torch.bool)
+
+    def gradients(output):
+        model.zero_grad()
+        output.square().sum().backward()
+        return {name: p.grad.clone() for name, p in transformer.named_parameters() if p.grad is not None}
+
+    every_application = x
+    for layer in transformer.layers:  # no cache: S computed at each application
+        every_application = layer(every_application, keep)
+    reference = gradients(every_application)
+
+    calls = []
+    exp = torch.linalg.matrix_exp
+    monkeypatch.setattr(torch.linalg, "matrix_exp", lambda a: calls.append(a.shape) or exp(a))
+    once = transformer(x, keep)
+    assert len(calls) == len(MAP_NAMES)  # one per map of the shared layer, not per application
+    torch.testing.assert_close(once, every_application)
+    got = gradients(once)
+    assert set(got) == set(reference) and any("generator" in name for name in got)
+    for name in reference:
+        torch.testing.assert_close(got[name], reference[name], msg=name)
+    assert all(m.cached is None for m in transformer.modules() if isinstance(m, Orthogonal))
+
+
+def test_activation_checkpointing_recomputes_s_with_the_same_gradients():
+    torch.manual_seed(0)
+    model = AVBert(tiny()).train()
+    video, audio = inputs()
+    grads = []
+    for checkpointing in (False, True):
+        model.set_gradient_checkpointing(checkpointing)
+        model.zero_grad()
+        model(video, audio).summary().square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)

@@ -19,6 +19,8 @@ between modalities and they cost 4 * width parameters per layer.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,15 +41,40 @@ def map_shapes(width: int, ffn: int) -> dict[str, tuple[int, int]]:
 
 
 class Orthogonal(nn.Module):
-    """An exactly orthogonal matrix ``exp(A - A^T)``; identity at init."""
+    """An exactly orthogonal matrix ``exp(A - A^T)``; identity at init.
+
+    Inside ``computed_once`` the matrix is computed on entry and reused by every
+    call, so a cross-layer-shared layer applied ``L`` times runs one matrix
+    exponential (and one backward through it) instead of ``L``.
+    """
 
     def __init__(self, size: int):
         super().__init__()
         self.generator = nn.Parameter(torch.zeros(size, size))
+        self.cached: torch.Tensor | None = None
 
     def forward(self) -> torch.Tensor:
+        if self.cached is not None:
+            return self.cached
         a = self.generator.float()
         return torch.linalg.matrix_exp(a - a.T)
+
+
+@contextmanager
+def computed_once(module: nn.Module):
+    """Every ``Orthogonal`` of ``module`` is computed once on entry and reused until exit.
+
+    Not for code that recomputes its forward in the backward pass (activation
+    checkpointing): the recomputation, outside the block, would build a different graph.
+    """
+    rotations = [m for m in module.modules() if isinstance(m, Orthogonal)]
+    for rotation in rotations:
+        rotation.cached = rotation()  # through __call__, so ZeRO-3 gathers the generator
+    try:
+        yield
+    finally:
+        for rotation in rotations:
+            rotation.cached = None
 
 
 class LowRankLinear(nn.Module):

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from avbert.config import SharingConfig, TransformerConfig
-from avbert.models.sharing import build_maps
+from avbert.models.sharing import build_maps, computed_once
 
 
 class TransformerLayer(nn.Module):
@@ -54,10 +54,12 @@ class Transformer(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            if self.gradient_checkpointing and self.training:
+        if self.gradient_checkpointing and self.training:
+            for layer in self.layers:  # each layer recomputes its maps in the backward pass
                 x = checkpoint(layer, x, keep, use_reentrant=False)
-            else:
+            return x
+        with computed_once(self):  # a shared layer's orthogonal S once per pass, not once per layer
+            for layer in self.layers:
                 x = layer(x, keep)
         return x
 
