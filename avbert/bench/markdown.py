@@ -78,13 +78,12 @@ def layer_limits(layer: dict) -> str:
         f"{shape['rank']}x{shape['rank']} matrix exponentials `exp(A - A^T)` forward and backward (a series of "
         f"small matmuls each; the backward, an exponential of a {2 * shape['rank']}x{2 * shape['rank']} block "
         f"matrix, dominates): {_ms(mexp)} here, the layer's own six `S` timed alone in the same rounds, "
-        f"{mexp / lowrank_step:.0%} of the lowrank step, a cost that does not shrink with the batch and is paid "
-        f"again at each of the L = 6 applications of a cross-layer-shared layer, because `S` is recomputed per "
-        f"call rather than once per step; (2) each map is three matmuls (V, S, U) plus an L2 normalisation "
-        f"instead of one, on only {shape['batch'] * shape['tokens']} tokens, so the small "
+        f"{mexp / lowrank_step:.0%} of the lowrank step, a cost that does not shrink with the batch (in the "
+        f"full model a Transformer computes each `S` once per pass and reuses it at all L = 6 applications of "
+        f"its cross-layer-shared layer, so there it is paid once, not six times); (2) each map is three "
+        f"matmuls (V, S, U) plus an L2 normalisation instead of one, on only {shape['batch'] * shape['tokens']} tokens, so the small "
         f"[tokens x {shape['rank']}] products run far below the CPU's matmul peak and the time follows the "
-        f"number of kernels more than the FLOPs. Computing each `S` once per step instead of once per "
-        f"application would divide (1) by L in the full model, but not shrink it in this one-application step."
+        f"number of kernels more than the FLOPs."
     )
 
 
