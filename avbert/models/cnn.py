@@ -28,7 +28,8 @@ def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> float32 ``(x / 255 - 0.45) / 0.225``; float input passes unchanged."""
     if pixels.is_floating_point():
         return pixels
-    return (pixels.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
+    # In place on the one float copy: no further full-size temporaries at the peak.
+    return pixels.float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)
 
 
 def _conv(dims: int, cin: int, cout: int, kernel: tuple[int, ...], stride: tuple[int, ...]) -> nn.Module:

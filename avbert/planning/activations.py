@@ -21,6 +21,9 @@ largest single unit's saved tensors. The forward hooks that tag each saved
 tensor with the unit invocation that produced it give all three terms from
 the same run.
 
+With ``objective.cpp_input: clean`` the pretrainer runs the Transformers a
+second time, on the unmasked tokens, for CPP; the count then runs that pass too.
+
 Saved bytes grow linearly in the batch (the per-clip CNNs and per-token
 Transformers scale with it; a few tensors such as the orthogonal ``S`` of
 lowrank sharing do not), so two runs, at batch 1 and 2, give
@@ -189,8 +192,21 @@ def synthetic_inputs(data: DataConfig, batch: int, device: str | torch.device, f
     return video, audio
 
 
-def count_saved(model: nn.Module, data: DataConfig, batch: int, precision: str = "fp32") -> SavedBytes:
-    """Run ``model`` forward once on its device and count what autograd saves for backward."""
+def clean_pass(model: nn.Module, out) -> torch.Tensor:
+    """The Transformers again on the CNN tokens of ``out``: the unmasked pass that CPP
+    pairs under ``objective.cpp_input: clean`` (``AVBertPretrainer.forward``)."""
+    v_tok, a_tok, valid = out.visual_tokens, out.audio_tokens, out.valid
+    v_hid, a_hid = model.encode_unimodal(v_tok, a_tok, valid)
+    if model.fusion == "late":
+        return v_hid
+    pair = (v_tok, a_tok) if model.fusion == "early" else (v_hid, a_hid)
+    return model.fuse(*pair, valid, valid)
+
+
+def count_saved(model: nn.Module, data: DataConfig, batch: int, precision: str = "fp32",
+                second_pass: bool = False) -> SavedBytes:
+    """Run ``model`` forward once on its device (and ``clean_pass`` with ``second_pass``)
+    and count what autograd saves for backward."""
     device = next(model.parameters()).device
     fake = isinstance(next(model.parameters()), FakeTensor)
     video, audio = synthetic_inputs(data, batch, device, fill=not fake)
@@ -199,6 +215,8 @@ def count_saved(model: nn.Module, data: DataConfig, batch: int, precision: str =
     try:
         with precision_context(precision, device), torch.autograd.graph.saved_tensors_hooks(counter.pack, _same):
             output = model(video, audio)
+            if second_pass:
+                output = (output, clean_pass(model, output))
         result = counter.result()
     finally:
         counter.close()
@@ -229,7 +247,8 @@ def _measure(model_cfg: ModelConfig, data: DataConfig, precision: str,
 
     with FakeTensorMode(), torch.device("cuda"):
         model = AVBert(model_cfg).train()
-        one, two = (count_saved(model, data, batch, precision) for batch in (1, 2))
+        second_pass = objective.cpp_input == "clean"
+        one, two = (count_saved(model, data, batch, precision, second_pass) for batch in (1, 2))
     video, audio = synthetic_inputs(data, 1, "meta")
     return ActivationModel(
         fixed=max(0, 2 * one.total - two.total),
