@@ -381,7 +381,7 @@ def write_raw(raw: RawVideo, out_dir: str, name: str, split: str,
 
 def write_media(spec: SyntheticSpec, out_dir: str, indices=None,
                 mux_audio: bool = False) -> list[dict]:
-    """Write videos ``indices`` (default: all) of ``spec`` as ``video_XXXXX.webm`` +
+    """Write videos ``indices`` (default: all) of ``spec`` as ``video_<5-digit index>.webm`` +
     ``.flac`` media files; one record per video, in order."""
     indices = range(spec.num_videos) if indices is None else indices
     return [write_raw(generate_video(spec, i), out_dir, f"video_{i:05d}",

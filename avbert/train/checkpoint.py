@@ -1,6 +1,6 @@
 """Checkpoints that are either complete or ignored, and the fp32 export.
 
-Layout of one checkpoint, ``<run_dir>/checkpoints/step_XXXXXXXX/``:
+Layout of one checkpoint, ``<run_dir>/checkpoints/step_<8-digit step>/`` (``step_00001600/``):
 
 - ``ds/``: DeepSpeed's files (module, and the ZeRO partitions of the
   optimizer state of every rank);
