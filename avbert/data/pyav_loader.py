@@ -2,10 +2,10 @@
 read (H.264, HEVC, MPEG-4 on CPU): PyAV decodes, torchaudio computes the log-mel.
 
 ``ManifestDataset`` turns one manifest record into the suite's sample: ``video`` uint8
-pixels ``[T, 3, F, H, W]`` (normalised by the model, on the training device), ``audio`` float32 ``[T, 1, n_mels, mel_frames]``, ``valid`` bool
-``[T]``, ``label`` and ``index``; in test mode every field gains a leading view
-dimension ``V = test_views * test_crops`` (temporal view ``v // test_crops``, crop
-``v % test_crops``). Audio-only manifests give no ``video``. Clip placement and
+pixels ``[T, 3, F, H, W]`` (the model normalises them, on the training device),
+``audio`` float32 ``[T, 1, n_mels, mel_frames]``, ``valid`` bool ``[T]``, ``label``
+and ``index``; in test mode every field gains a leading view dimension ``V =
+test_views * test_crops`` (temporal view ``v // test_crops``, crop ``v % test_crops``). Audio-only manifests give no ``video``. Clip placement and
 augmentation come from ``avbert.data.clips``, so this loader and the DALI loader cut
 the same clips from the same record.
 
@@ -74,8 +74,9 @@ def _decode_run(container, stream, run: list[int], fps: float, origin: int, seek
 
 def decode_frames(path: str, indices, fps: float, size: Optional[tuple[int, int]] = None) -> dict[int, np.ndarray]:
     """RGB frames (uint8 ``[H, W, 3]``) by frame index, for every index in ``indices``,
-    scaled to ``size = (H, W)`` by ``SCALER`` in the same pass as the colour conversion. Work is bounded: a stretch is decoded at
-    most twice (after a seek, then from the start when the seek landed late)."""
+    scaled to ``size = (H, W)`` by ``SCALER`` in the same pass as the colour conversion.
+    Work is bounded: a stretch is decoded at most twice (after a seek, then from the
+    start when the seek landed late)."""
     needed = sorted(set(int(i) for i in np.asarray(indices).reshape(-1)))
     got: dict[int, np.ndarray] = {}
     with av.open(path, metadata_errors="ignore") as container:
