@@ -113,6 +113,11 @@ def test_zero_state_halves_adam_moments_on_two_ranks():
         assert abs(ratio["optimizer_state"] - 0.75) < 0.01  # ZeRO's fp32 master partition on top
     rank0 = record["per_rank"]["0"]
     assert rank0["fp32/stage2"]["step_peak"] > rank0["fp32/stage0"]["step_peak"]  # the reduction bucket
+    # ... of the suite's reduce_bucket_size (5e7 fp32 elements: 200 MB), not DeepSpeed's 5e8 (2 GB)
+    from avbert.train.ds_config import REDUCE_BUCKET_ELEMENTS
+
+    bucket = rank0["fp32/stage2"]["step_peak"] - rank0["fp32/stage0"]["step_peak"]
+    assert 0.9 * 4 * REDUCE_BUCKET_ELEMENTS < bucket < 1.5 * 4 * REDUCE_BUCKET_ELEMENTS, bucket
 
 
 @pytest.mark.slow

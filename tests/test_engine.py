@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from avbert.config import load_config
 from avbert.data.sampler import ResumableLoader, epoch_order, rank_shard
 from avbert.train import checkpoint as ckpt
-from avbert.train.ds_config import build_ds_config, build_optimizer, parameter_groups
+from avbert.train.ds_config import REDUCE_BUCKET_ELEMENTS, build_ds_config, build_optimizer, parameter_groups
 from avbert.train.metrics import IntervalMeans, MetricsFile, combine_counts, read_metrics
 from avbert.train.schedule import lr_at, set_lr
 
@@ -50,7 +50,7 @@ def test_ds_config_carries_batch_geometry_stage_precision_and_clipping():
     assert ds["train_micro_batch_size_per_gpu"] == 4
     assert ds["gradient_accumulation_steps"] == 3
     assert ds["train_batch_size"] == 24
-    assert ds["zero_optimization"] == {"stage": 3}
+    assert ds["zero_optimization"] == {"stage": 3, "reduce_bucket_size": REDUCE_BUCKET_ELEMENTS}
     assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}  # fp32 weights, bf16 compute
     assert ds["bf16"] == {"enabled": False} and ds["fp16"] == {"enabled": False}
     assert ds["gradient_clipping"] == 0.5

@@ -50,6 +50,14 @@ def test_zero2_halves_optimizer_state_on_two_ranks_and_adds_buckets():
     assert model_state_bytes(p, 4, ds(3)).weights == p
 
 
+def test_the_suite_sets_a_reduction_bucket_the_planner_counts():
+    from avbert.train.ds_config import REDUCE_BUCKET_ELEMENTS
+
+    cfg = load_config(overrides=["train.zero_stage=2", "train.precision=bf16"])
+    # one bucket in the fp32 weights' dtype per communication dtype (bf16 and fp32 under autocast)
+    assert plan(cfg, 80 * GiB, world_size=8).zero_buffers == 2 * REDUCE_BUCKET_ELEMENTS * 4
+
+
 def test_largest_batch_is_the_last_that_fits():
     assert largest_batch(fixed=10, per_sample=7, usable=80) == 10
     assert largest_batch(fixed=100, per_sample=7, usable=80) == 0
@@ -137,5 +145,8 @@ def test_dry_run_shows_the_predicted_memory_per_gpu_cell(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "memory/GPU" in result.stdout
-    assert result.stdout.count("GiB fits (max batch") == 8, result.stdout  # one prediction per GPU cell
+    import re
+
+    predictions = re.findall(r"\d+\.\d+ [KMG]iB fits \(max batch", result.stdout)
+    assert len(predictions) == 8, result.stdout  # one prediction per GPU cell
     assert not (tmp_path / "sharing_ablation" / "index.json").exists()  # a dry run writes nothing

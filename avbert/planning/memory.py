@@ -23,10 +23,11 @@
   and stage 0 keeps 12P of fp32 master and moments);
 * **ZeRO buffers**: stages 1 and 2 with contiguous gradients allocate, during
   the backward pass, one gradient-reduction bucket of ``reduce_bucket_size``
-  elements (DeepSpeed's default 5e8) of the weights' dtype per communication
-  dtype, whatever the model size: under ``torch_autocast`` Linear and Conv
-  gradients travel in bf16 and the others in fp32, so two buckets, 4 GB in
-  all (measured in ``avbert/bench/zero_state.py``); ``overlap_comm`` doubles
+  elements (the suite sets 5e7, DeepSpeed's default is 5e8) of the weights'
+  dtype per communication dtype, whatever the model size: under
+  ``torch_autocast`` Linear and Conv gradients travel in bf16 and the others in
+  fp32, so two buckets, 400 MB in all at 5e7 (measured in
+  ``avbert/bench/zero_state.py``); ``overlap_comm`` doubles
   them. Stage 3 allocates one bucket per communication dtype in that dtype,
   plus its parameter prefetch bucket;
 * **inputs**: the batch tensors (video [B,T,3,F,H,W], audio [B,T,1,M,N]);
