@@ -108,6 +108,10 @@ class AVBert(nn.Module):
         v_tok, a_tok = self.tokenize(video, audio)
         if valid is None:
             valid = torch.ones(v_tok.shape[:2], dtype=torch.bool, device=v_tok.device)
+        return self.encode(v_tok, a_tok, valid)
+
+    def encode(self, v_tok: torch.Tensor, a_tok: torch.Tensor, valid: torch.Tensor) -> AVBertOutput:
+        """Every Transformer over CNN tokens [B,T,D] (the forward pass after ``tokenize``)."""
         v_hid, a_hid = self.encode_unimodal(v_tok, a_tok, valid)
         if self.fusion == "early":
             m_hid = self.fuse(v_tok, a_tok, valid, valid)

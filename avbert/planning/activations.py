@@ -192,21 +192,11 @@ def synthetic_inputs(data: DataConfig, batch: int, device: str | torch.device, f
     return video, audio
 
 
-def clean_pass(model: nn.Module, out) -> torch.Tensor:
-    """The Transformers again on the CNN tokens of ``out``: the unmasked pass that CPP
-    pairs under ``objective.cpp_input: clean`` (``AVBertPretrainer.forward``)."""
-    v_tok, a_tok, valid = out.visual_tokens, out.audio_tokens, out.valid
-    v_hid, a_hid = model.encode_unimodal(v_tok, a_tok, valid)
-    if model.fusion == "late":
-        return v_hid
-    pair = (v_tok, a_tok) if model.fusion == "early" else (v_hid, a_hid)
-    return model.fuse(*pair, valid, valid)
-
-
 def count_saved(model: nn.Module, data: DataConfig, batch: int, precision: str = "fp32",
                 second_pass: bool = False) -> SavedBytes:
-    """Run ``model`` forward once on its device (and ``clean_pass`` with ``second_pass``)
-    and count what autograd saves for backward."""
+    """Run ``model`` forward once on its device and count what autograd saves for
+    backward. ``second_pass`` runs the Transformers again on the CNN tokens: the unmasked
+    pass that CPP pairs under ``objective.cpp_input: clean`` (``AVBertPretrainer``)."""
     device = next(model.parameters()).device
     fake = isinstance(next(model.parameters()), FakeTensor)
     video, audio = synthetic_inputs(data, batch, device, fill=not fake)
@@ -216,7 +206,7 @@ def count_saved(model: nn.Module, data: DataConfig, batch: int, precision: str =
         with precision_context(precision, device), torch.autograd.graph.saved_tensors_hooks(counter.pack, _same):
             output = model(video, audio)
             if second_pass:
-                output = (output, clean_pass(model, output))
+                output = (output, model.encode(output.visual_tokens, output.audio_tokens, output.valid))
         result = counter.result()
     finally:
         counter.close()
