@@ -7,7 +7,8 @@ into a manifest, and times on the same files:
 
 - ``dali raw``: a DALI pipeline (CPU decoder here) that only reads the bytes and decodes
   the loader's frames and audio (no resize, crop, log-mel or copy to torch);
-- ``dali +resize``: the same, plus resizing each clip's crop region;
+- ``dali +resize``: the same, plus cutting and resizing each clip's crop box as the
+  loader does on the CPU (``avbert.data.pixels``);
 - ``dali loader``: ``DaliLoader``, the full training batch;
 - ``pyav raw``, ``pyav +resize``, ``pyav loader``: the same three with PyAV, in
   ``--threads`` worker processes.
@@ -27,6 +28,7 @@ import platform
 import statistics
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -145,46 +147,50 @@ def timed(make_iterator, batches: int, clips_per_batch: int, warmup: int) -> tup
 
 
 def dali_decode(manifest, args, resize: bool):
-    """Read bytes and decode the loader's frames and audio; with ``resize``, also resize
-    each clip's crop region (the loader's unavoidable pixel work), and nothing else."""
+    """Read bytes and decode the loader's frames and audio; with ``resize``, also cut
+    and resize each clip's crop box as the loader does on the CPU (its unavoidable pixel
+    work, ``pixels.gather_box`` and ``resize_box``), and nothing else."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from avbert.data.dali_loader import DaliLoader, crop_region, resize_crop
+    from avbert.data.dali_loader import DaliLoader
+    from avbert.data.pixels import gather_box, resize_box
+    from avbert.data.pyav_loader import torch_threads
 
     planner = DaliLoader(manifest, SPEC, args.batch_size, seed=0)
 
     def source(state):
         index = state["batch"] % planner.batches_per_epoch
         state["batch"] += 1
-        planned = planner.plan_batch(0, index)
-        regions = [crop_region(p.plan.views[0][1], p.record.height, p.record.width, SPEC.crop_size)
-                   for p in planned] if resize else []
+        state["planned"].append(planned := planner.plan_batch(0, index))  # run() hands batches over in order
         frames = [p.plan.views[0][0].frames.reshape(-1).astype(np.int32) for p in planned]
-        return ([p.video for p in planned], frames, [p.audio for p in planned], *([regions] if resize else []))
+        return [p.video for p in planned], frames, [p.audio for p in planned]
 
     def make():
-        state = {"batch": 0}
+        state = {"batch": 0, "planned": deque()}
 
         @pipeline_def(batch_size=args.batch_size, num_threads=args.threads, device_id=None, exec_dynamic=True)
         def graph():
-            video, frames, audio, *region = fn.external_source(source=lambda: source(state),
-                                                               num_outputs=3 + resize, batch=True)
+            video, frames, audio = fn.external_source(source=lambda: source(state), num_outputs=3, batch=True)
             decoded = fn.decoders.video(video, frames=frames, pad_mode="none")
-            if resize:
-                decoded = resize_crop(decoded, region[0], SPEC.crop_size)
             wave, _ = fn.decoders.audio(audio, sample_rate=SPEC.sample_rate, downmix=True, dtype=types.FLOAT)
             return decoded, wave
 
         pipe = graph()
         pipe.build()
         while True:
-            yield pipe.run()
+            outputs, batch = pipe.run(), state["planned"].popleft()
+            if resize:
+                with torch_threads(1):  # as the loader
+                    for row, planned in enumerate(batch):
+                        region = gather_box(np.asarray(outputs[0][row]), planned.plan.views[0][1], SPEC.crop_size)
+                        resize_box(region, SPEC.crop_size)
+            yield outputs
     return make
 
 
 class DecodePyAV(torch.utils.data.Dataset):
-    """Decode the loader's frames (full size; or scaled and cropped with ``resize``) and
-    audio of a record; return nothing of size."""
+    """Decode the loader's frames and audio of a record (with ``resize``, also cut and
+    resize the crop box as the loader does); return nothing of size."""
 
     def __init__(self, manifest, resize: bool):
         self.records, self.resize = manifest.records, resize
@@ -193,16 +199,15 @@ class DecodePyAV(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, position):
+        from avbert.data.pixels import gather_box, resize_box
         from avbert.data.pyav_loader import decode_audio, decode_frames
 
         record = self.records[position]
         clips, crop = plan_sample(SPEC, record, True, 0, 0).views[0]
-        size = (crop.height, crop.width) if self.resize else None
-        frames = decode_frames(record.video, clips.frames, record.fps, size)
+        frames = decode_frames(record.video, clips.frames, record.fps)
         if self.resize:
-            side = SPEC.crop_size
-            frames = np.stack([frames[int(i)][crop.top:crop.top + side, crop.left:crop.left + side]
-                               for i in clips.frames.reshape(-1)])
+            resize_box(gather_box([frames[int(i)] for i in clips.frames.reshape(-1)], crop, SPEC.crop_size),
+                       SPEC.crop_size)
         audio = decode_audio(record.audio, SPEC.sample_rate)
         return torch.tensor(len(frames) + audio.numel())
 

@@ -5,17 +5,21 @@ Python plans each batch (which records, which frames, which crop, from
 DALI graph then
 
 - decodes the planned frames of every clip with ``fn.decoders.video`` (NVDEC on a GPU,
-  ``device="mixed"``; FFmpeg on CPU, which reads only VP9, VP8 and MJPEG), resizes,
-  crops and mirrors them, as uint8 pixels (the model normalises them on the training
-  device);
+  ``device="mixed"``; FFmpeg on CPU, which reads only VP9, VP8 and MJPEG) and, on a GPU,
+  resizes, crops and mirrors them, as uint8 pixels (the model normalises them on the
+  training device);
 - decodes the extracted FLAC with ``fn.decoders.audio``, cuts one window per clip and
   computes ``fn.spectrogram -> fn.mel_filter_bank(htk, unnormalised) -> fn.to_decibels``,
   the suite's log-mel (``avbert.data.audio``), cropped or padded to ``mel_frames``.
 
 SpecAugment masks are drawn per sample by ``avbert.data.audio.spec_augment`` from the
-plan's seed, exactly as the PyAV loader draws them, and applied inside the graph. All
-per-sample work happens in DALI's threads, ahead of the training step (prefetch); the
-training thread only copies the finished batch into torch.
+plan's seed, exactly as the PyAV loader draws them, and applied inside the graph. On a
+GPU all per-sample work happens in DALI, ahead of the training step (prefetch), and the
+training thread only copies the finished batch into torch. Without a GPU the training
+thread also crops the decoded frames as it takes the batch, with the PyAV loader's
+functions (``avbert.data.pixels``): torch's uint8 resize costs a third of DALI's CPU
+resize, which outweighs losing the overlap on machines where every core is busy anyway,
+and both CPU loaders then give the same pixels.
 
 A record whose files fail the cheap checks (``probe.check_record``) or cannot be read is
 replaced by the next usable record while planning. When DALI fails on a batch, each of
@@ -40,6 +44,7 @@ from nvidia.dali import fn, pipeline_def, types
 from avbert.data.audio import LOGMEL_MEAN, LOGMEL_STD, SILENCE_DB, spec_augment
 from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
+from avbert.data.pixels import crop_box, crop_clips
 from avbert.data.probe import ProbeError, Reason, check_record, read_bytes, silent_flac
 from avbert.data.pyav_loader import first_usable, label_of, skip_counts, torch_threads
 from avbert.data.sampler import epoch_order, rank_shard
@@ -74,39 +79,38 @@ class Planned:
 
 
 def resize_crop(decoded, region, side: int):
-    """The crop square of ``region`` (``crop_region``), resized to ``side`` pixels.
-
-    Only the region of interest is resized: the source rectangle that the crop square
-    covers in the resized frame, mapped at the resized frame's scale. The pixels equal
-    those of resizing the whole frame and then cropping, at a fraction of the cost.
-    Linear interpolation without antialiasing, as the PyAV loader's ``SCALER``.
-    """
+    """On the GPU: the box of ``region`` (``crop_region``) resized to ``side`` pixels,
+    with the filter of the CPU path (``avbert.data.pixels``: bilinear, antialiased).
+    Only the box is resized, never the whole frame."""
     return fn.resize(decoded, roi_start=region[0:2], roi_end=region[2:4], roi_relative=False,
-                     size=[side, side], interp_type=types.INTERP_LINEAR, antialias=False)
+                     size=[side, side], interp_type=types.INTERP_LINEAR, antialias=True)
 
 
-def _video_branch(inputs, spec: ClipSpec, crops: int, gpu: bool):
-    """Frames -> uint8 ``[T, 3, F, S, S]`` per crop (stacked to ``[C, ...]`` for several):
-    one resize (which also mirrors) and one transpose of uint8 pixels."""
-    video, frames, *regions = inputs
+def _video_branch(inputs, spec: ClipSpec, regions: int, gpu: bool):
+    """Decoded frames ``[T * F, H, W, 3]`` per row on the CPU (``pixels.crop_clips``
+    crops them as the batch is handed over: torch's resize costs a third of DALI's CPU
+    resize). On the GPU, uint8 ``[T, 3, F, S, S]`` per crop (stacked to ``[C, ...]`` for
+    several): one resize (which also mirrors) and one transpose."""
+    video, frames, *boxes = inputs
     decoded = fn.decoders.video(video, frames=frames, pad_mode="none", device="mixed" if gpu else "cpu")
+    if not regions:
+        return decoded
     side, views = spec.crop_size, []
-    for region in regions[:crops]:
+    for region in boxes[:regions]:
         square = resize_crop(decoded, region, side)  # [T * F, S, S, 3]
         clips = fn.reshape(square, shape=[spec.clips, spec.frames_per_clip, side, side, 3], layout="")
         views.append(fn.transpose(clips, perm=[0, 4, 1, 2, 3]))
-    return views[0] if crops == 1 else fn.stack(*views)
+    return views[0] if regions == 1 else fn.stack(*views)
 
 
 def crop_region(crop, height: int, width: int, side: int) -> np.ndarray:
-    """``[y0, x0, y1, x1]`` in source pixels of the crop square of ``crop``. A mirrored
-    crop has ``x0 > x1``: DALI's resize reads a reversed region of interest mirrored,
-    so the flip costs no pass of its own."""
-    scale_y, scale_x = crop.height / height, crop.width / width
-    left, right = crop.left / scale_x, (crop.left + side) / scale_x
+    """``[y0, x0, y1, x1]``: ``pixels.crop_box`` as DALI's region of interest. A mirrored
+    crop has ``x0 > x1``: DALI's resize reads a reversed region mirrored, so the flip
+    costs no pass of its own."""
+    y0, x0, y1, x1 = crop_box(crop, height, width, side)
     if crop.flip:
-        left, right = right, left
-    return np.array([crop.top / scale_y, left, (crop.top + side) / scale_y, right], dtype=np.float32)
+        x0, x1 = x1, x0
+    return np.array([y0, x0, y1, x1], dtype=np.float32)
 
 
 def _audio_branch(inputs, spec: ClipSpec):
@@ -132,10 +136,11 @@ def _audio_branch(inputs, spec: ClipSpec):
     return normalised * keep[0] if keep else normalised
 
 
-def build_pipeline(spec: ClipSpec, source, batch_size: int, crops: int, need_video: bool, masked: bool,
+def build_pipeline(spec: ClipSpec, source, batch_size: int, regions: int, need_video: bool, masked: bool,
                    device_id: Optional[int], num_threads: int, prefetch: int = 2):
-    """The DALI graph fed by ``source`` (a callable returning one list per input)."""
-    video_inputs = 2 + crops if need_video else 0
+    """The DALI graph fed by ``source`` (a callable returning one list per input), with
+    ``regions`` crop regions per row resized in the graph (0: decoded frames out)."""
+    video_inputs = 2 + regions if need_video else 0
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                   prefetch_queue_depth=prefetch, exec_dynamic=True)
@@ -143,7 +148,7 @@ def build_pipeline(spec: ClipSpec, source, batch_size: int, crops: int, need_vid
         inputs = fn.external_source(source=source, num_outputs=video_inputs + 3 + masked, batch=True)
         outputs = []
         if need_video:
-            outputs.append(_video_branch(inputs[:video_inputs], spec, crops, device_id is not None))
+            outputs.append(_video_branch(inputs[:video_inputs], spec, regions, device_id is not None))
         outputs.append(_audio_branch(inputs[video_inputs:], spec))
         return tuple(outputs)
 
@@ -160,9 +165,11 @@ def keep_mask(spec: ClipSpec, seed: int) -> np.ndarray:
         return spec_augment(ones, generator, spec.spec_augment, spec.spec_augment).numpy()
 
 
-def feed_rows(planned: list[Planned], spec: ClipSpec, crops: int, need_video: bool, masked: bool) -> tuple:
-    """External-source inputs of a batch: one row per temporal view of every video."""
-    columns: list[list] = [[] for _ in range((2 + crops if need_video else 0) + 3 + masked)]
+def feed_rows(planned: list[Planned], spec: ClipSpec, crops: int, need_video: bool, masked: bool,
+              regions: bool) -> tuple:
+    """External-source inputs of a batch: one row per temporal view of every video (with
+    its ``crops`` crop regions when the graph resizes them, ``regions``)."""
+    columns: list[list] = [[] for _ in range((2 + crops * regions if need_video else 0) + 3 + masked)]
     for item in planned:
         for first in range(0, len(item.plan.views), crops):
             views = item.plan.views[first:first + crops]
@@ -170,7 +177,8 @@ def feed_rows(planned: list[Planned], spec: ClipSpec, crops: int, need_video: bo
             row = []
             if need_video:
                 row += [item.video, clips.frames.reshape(-1).astype(np.int32)]
-                row += [crop_region(c, item.record.height, item.record.width, spec.crop_size) for _, c in views]
+                row += [crop_region(c, item.record.height, item.record.width, spec.crop_size)
+                        for _, c in views] if regions else []
             starts = np.round(clips.starts * spec.sample_rate).astype(np.int32)
             row += [item.audio, starts, np.array([int(round(clips.window_seconds * spec.sample_rate))], np.int32)]
             row += [keep_mask(spec, item.plan.mask_seed)] if masked else []
@@ -199,19 +207,25 @@ class DaliLoader:
     ``avbert.data.sampler`` (the PyAV loader's order), resumable through ``state_dict``;
     evaluation is one ordered pass over this rank's share (``len`` batches, the last one
     possibly smaller) with ``test_views * test_crops`` views per video.
+
+    ``graph_resize`` resizes the crops in the DALI graph (default: on a GPU only);
+    otherwise the training thread crops the decoded frames (``avbert.data.pixels``).
     """
 
     name = "dali"
 
     def __init__(self, manifest: Manifest, spec: ClipSpec, batch_size: int, rank: int = 0,
                  world_size: int = 1, seed: int = 0, train: bool = True, require_audio: bool = True,
-                 device_id: Optional[int] = None, num_threads: int = 2, prefetch: int = 2):
+                 device_id: Optional[int] = None, num_threads: int = 2, prefetch: int = 2,
+                 graph_resize: Optional[bool] = None):
         self.manifest, self.spec, self.batch_size = manifest, spec, batch_size
         self.rank, self.world_size, self.seed, self.train = rank, world_size, seed, train
         self.records, self.need_video = manifest.records, not manifest.audio_only
         self.require_audio, self.device_id = require_audio, device_id
         self.num_threads, self.prefetch = num_threads, prefetch
         self.crops = 1 if train else spec.test_crops
+        self.graph_resize = device_id is not None if graph_resize is None else graph_resize
+        self.regions = self.crops if self.graph_resize else 0  # crop regions the graph resizes
         self.masked = train and spec.spec_augment > 0
         shard = len(self.records) // world_size if train else len(range(rank, len(self.records), world_size))
         self.batches_per_epoch = shard // batch_size if train else -(-shard // batch_size)
@@ -268,7 +282,7 @@ class DaliLoader:
         planned = self.plan_batch(epoch, index)
         self._cursor = (epoch, index + 1)
         self._inflight.append(planned)
-        return feed_rows(planned, self.spec, self.crops, self.need_video, self.masked)
+        return feed_rows(planned, self.spec, self.crops, self.need_video, self.masked, self.graph_resize)
 
     # running ------------------------------------------------------------------------
     def _max_rows(self) -> int:
@@ -277,13 +291,13 @@ class DaliLoader:
     def _start(self) -> None:
         self._cursor, self._inflight = (self.epoch, self.position), deque()
         loader = weakref.ref(self)  # no cycle: a dropped loader frees its pipeline and threads at once
-        self._pipe = build_pipeline(self.spec, lambda: loader()._source(), self._max_rows(), self.crops,
+        self._pipe = build_pipeline(self.spec, lambda: loader()._source(), self._max_rows(), self.regions,
                                     self.need_video, self.masked, self.device_id, self.num_threads, self.prefetch)
 
     def _decodes(self, planned: Planned) -> bool:
-        rows = feed_rows([planned], self.spec, self.crops, self.need_video, self.masked)
+        rows = feed_rows([planned], self.spec, self.crops, self.need_video, self.masked, self.graph_resize)
         try:
-            pipe = build_pipeline(self.spec, lambda: rows, len(rows[0]), self.crops, self.need_video,
+            pipe = build_pipeline(self.spec, lambda: rows, len(rows[0]), self.regions, self.need_video,
                                   self.masked, self.device_id, 1, prefetch=1)
             pipe.run()
             return True
@@ -318,7 +332,8 @@ class DaliLoader:
         temporal, views = (1, 1) if self.train else (spec.test_views, spec.test_views * spec.test_crops)
         batch = {}
         if self.need_video:
-            video = to_torch(outputs[0], self.device_id)  # [B * temporal, (C,) T, 3, F, S, S]
+            video = to_torch(outputs[0], self.device_id) if self.graph_resize else self._crop(outputs[0], planned)
+            # [B * temporal, (C,) T, 3, F, S, S]
             batch["video"] = video if self.train else video.view(count, views, *video.shape[-5:])
         audio = to_torch(outputs[-1]).unsqueeze(-3)  # [B * temporal, T, 1, M, N]
         if not self.train:
@@ -330,6 +345,21 @@ class DaliLoader:
         batch["label"] = torch.stack([label_of(p.record, self.manifest) for p in planned])
         batch["index"] = torch.tensor([p.record.index for p in planned], dtype=torch.int64)
         return batch
+
+    def _crop(self, decoded, planned: list[Planned]) -> torch.Tensor:
+        """CPU rows of decoded frames -> ``[rows, (C,) T, 3, F, S, S]``: every crop of
+        every row cut, resized and mirrored by ``pixels.crop_clips`` (a view of DALI's
+        buffer is read, not copied). One torch thread: DALI's threads hold the other
+        cores, and waking a torch pool beside them costs more CPU than it saves."""
+        rows, temporal = [], len(decoded) // len(planned)
+        with torch_threads(1):
+            for row in range(len(decoded)):
+                frames = np.asarray(decoded[row])
+                views = planned[row // temporal].plan.views
+                first = (row % temporal) * self.crops
+                crops = [crop_clips(frames, crop, self.spec) for _, crop in views[first:first + self.crops]]
+                rows.append(crops[0] if self.crops == 1 else torch.stack(crops))
+            return torch.stack(rows)
 
     def _count(self, planned: list[Planned]) -> None:
         for planned_sample in planned:

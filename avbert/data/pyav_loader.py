@@ -5,9 +5,11 @@ read (H.264, HEVC, MPEG-4 on CPU): PyAV decodes, torchaudio computes the log-mel
 pixels ``[T, 3, F, H, W]`` (the model normalises them, on the training device),
 ``audio`` float32 ``[T, 1, n_mels, mel_frames]``, ``valid`` bool ``[T]``, ``label``
 and ``index``; in test mode every field gains a leading view dimension ``V =
-test_views * test_crops`` (temporal view ``v // test_crops``, crop ``v % test_crops``). Audio-only manifests give no ``video``. Clip placement and
-augmentation come from ``avbert.data.clips``, so this loader and the DALI loader cut
-the same clips from the same record.
+test_views * test_crops`` (temporal view ``v // test_crops``, crop ``v % test_crops``).
+Audio-only manifests give no ``video``. Clip placement and augmentation come from
+``avbert.data.clips``, and the pixel work from ``avbert.data.pixels``, so this loader
+and the DALI loader cut the same clips from the same record, and on the CPU give the
+same pixels from the same decoded frames.
 
 A record that cannot be used (see ``probe.Reason``) is replaced by the next usable record
 of the manifest, and counted: every sample carries ``skipped`` and
@@ -28,8 +30,9 @@ from av.video.reformatter import VideoReformatter
 from torch.utils.data import DataLoader, Dataset
 
 from avbert.data.audio import clip_logmel, spec_augment
-from avbert.data.clips import ClipSpec, CropPlan, SamplePlan, TooShort, plan_sample
+from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
+from avbert.data.pixels import crop_clips
 from avbert.data.probe import ProbeError, Reason, check_record
 from avbert.data.sampler import ResumableLoader
 
@@ -39,11 +42,6 @@ RUNTIME_REASONS = (Reason.MISSING, Reason.UNREADABLE, Reason.EMPTY, Reason.CHANG
 Loaded = TypeVar("Loaded")
 SEEK_GAP_SECONDS = 2.0
 """Frames further apart than this are reached by seeking rather than decoding through."""
-SCALER = "BILINEAR"
-"""FFmpeg's scaler for the resize, run in the colour-conversion pass. ``FAST_BILINEAR``
-would cost nothing over the conversion alone (``BILINEAR`` adds about a quarter to the
-decode), but its colours drift from DALI's by 1.9 grey levels on average and the two
-loaders then differ by more than 3/255; ``BILINEAR`` keeps them within 2.5."""
 
 
 def _runs(indices: list[int], gap: int) -> list[list[int]]:
@@ -53,29 +51,26 @@ def _runs(indices: list[int], gap: int) -> list[list[int]]:
     return runs
 
 
-def _decode_run(container, stream, run: list[int], fps: float, origin: int, seek: bool, budget: int,
-                size: Optional[tuple[int, int]]) -> dict:
+def _decode_run(container, stream, run: list[int], fps: float, origin: int, seek: bool, budget: int) -> dict:
     """Frames of ``run`` (sorted indices), decoding at most ``budget`` frames."""
     wanted, got = set(run), {}
-    scale = {} if size is None else {"height": size[0], "width": size[1], "interpolation": SCALER}
-    reformatter = VideoReformatter()  # one scaler context for every frame of the run
+    reformatter = VideoReformatter()  # one colour-conversion context for every frame of the run
     if seek:
         target = origin + int(math.floor(run[0] / fps / stream.time_base))
         container.seek(target, stream=stream, backward=True, any_frame=False)
     for frame in container.decode(stream):
         index = int(round(float((frame.pts - origin) * stream.time_base) * fps)) if frame.pts is not None else -1
         if index in wanted:
-            got[index] = reformatter.reformat(frame, format="rgb24", **scale).to_ndarray()
+            got[index] = reformatter.reformat(frame, format="rgb24").to_ndarray()
         budget -= 1
         if index >= run[-1] or budget <= 0:
             break
     return got
 
 
-def decode_frames(path: str, indices, fps: float, size: Optional[tuple[int, int]] = None) -> dict[int, np.ndarray]:
-    """RGB frames (uint8 ``[H, W, 3]``) by frame index, for every index in ``indices``,
-    scaled to ``size = (H, W)`` by ``SCALER`` in the same pass as the colour conversion.
-    Work is bounded: a stretch is decoded at most twice (after a seek, then from the
+def decode_frames(path: str, indices, fps: float) -> dict[int, np.ndarray]:
+    """RGB frames (uint8 ``[H, W, 3]``, full size) by frame index, for every index in
+    ``indices``. Work is bounded: a stretch is decoded at most twice (after a seek, then from the
     start when the seek landed late)."""
     needed = sorted(set(int(i) for i in np.asarray(indices).reshape(-1)))
     got: dict[int, np.ndarray] = {}
@@ -86,11 +81,11 @@ def decode_frames(path: str, indices, fps: float, size: Optional[tuple[int, int]
         gap = int(SEEK_GAP_SECONDS * fps)
         for n, run in enumerate(_runs(needed, gap)):
             budget = run[-1] - run[0] + int(10 * fps) + 64
-            got.update(_decode_run(container, stream, run, fps, origin, n > 0 or run[0] > gap, budget, size))
+            got.update(_decode_run(container, stream, run, fps, origin, n > 0 or run[0] > gap, budget))
         missing = [i for i in needed if i not in got]
         if missing:
             container.seek(origin, stream=stream, backward=True, any_frame=False)
-            got.update(_decode_run(container, stream, missing, fps, origin, False, missing[-1] + 64, size))
+            got.update(_decode_run(container, stream, missing, fps, origin, False, missing[-1] + 64))
     missing = [i for i in needed if i not in got]
     if missing:
         raise ProbeError(Reason.DECODE_ERROR, f"{path}: frames {missing[:4]} do not decode")
@@ -110,17 +105,6 @@ def decode_audio(path: Optional[str], sample_rate: int) -> torch.Tensor:
     if not chunks:
         raise ProbeError(Reason.DECODE_ERROR, f"{path}: no audio samples")
     return torch.from_numpy(np.concatenate(chunks))
-
-
-def clip_tensor(frames: list[np.ndarray], crop: CropPlan, spec: ClipSpec) -> torch.Tensor:
-    """Resized uint8 frames (``T * F`` of ``[H, W, 3]``) -> cropped, mirrored uint8
-    ``[T, 3, F, S, S]``."""
-    size = spec.crop_size
-    x = np.stack([frame[crop.top:crop.top + size, crop.left:crop.left + size] for frame in frames])
-    if crop.flip:
-        x = x[:, :, ::-1]
-    x = x.reshape(spec.clips, spec.frames_per_clip, size, size, 3).transpose(0, 4, 1, 2, 3)
-    return torch.from_numpy(np.ascontiguousarray(x))
 
 
 def skip_counts(reasons: list[str]) -> dict[str, int]:
@@ -186,11 +170,10 @@ class ManifestDataset(Dataset):
         return self._logmel
 
     def _video(self, record: MediaRecord, plan: SamplePlan) -> torch.Tensor:
-        """``[V, T, 3, F, S, S]``: frames decoded and scaled once (every view of a
-        sample shares one frame size), then cropped per view."""
-        shape = (plan.views[0][1].height, plan.views[0][1].width)
-        frames = decode_frames(record.video, [clips.frames for clips, _ in plan.views], record.fps, shape)
-        views = [clip_tensor([frames[int(i)] for i in clips.frames.reshape(-1)], crop, self.spec)
+        """``[V, T, 3, F, S, S]``: frames decoded once, then each view's crop box cut
+        out of them and resized (``avbert.data.pixels``)."""
+        frames = decode_frames(record.video, [clips.frames for clips, _ in plan.views], record.fps)
+        views = [crop_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, self.spec)
                  for clips, crop in plan.views]
         return views[0][None] if len(views) == 1 else torch.stack(views)
 

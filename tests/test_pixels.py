@@ -1,0 +1,56 @@
+"""The CPU loaders' pixel work (avbert.data.pixels): crop box, resize, mirror, layout."""
+
+import numpy as np
+import torch
+
+from avbert.data.clips import ClipSpec, CropPlan
+from avbert.data.pixels import crop_box, crop_clips, gather_box, resize_box
+
+SPEC = ClipSpec(clips=2, clip_seconds=1.0, frames_per_clip=3, frame_stride=1, crop_size=16,
+                short_side=(16, 20))
+
+
+def _frames(count=6, height=40, width=60, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+
+
+def test_an_unscaled_crop_is_the_source_window_in_clip_layout():
+    frames = _frames()
+    crop = CropPlan(height=40, width=60, top=5, left=7, flip=False)
+    out = crop_clips(frames, crop, SPEC)
+    assert out.shape == (2, 3, 3, 16, 16) and out.dtype == torch.uint8
+    window = torch.from_numpy(frames[:, 5:21, 7:23]).reshape(2, 3, 16, 16, 3).permute(0, 4, 1, 2, 3)
+    assert torch.equal(out, window)
+    mirrored = crop_clips(frames, CropPlan(40, 60, 5, 7, flip=True), SPEC)
+    assert torch.equal(mirrored, window.flip(-1))
+
+
+def test_separate_frames_and_one_array_give_the_same_crop():
+    frames = _frames()
+    crop = CropPlan(height=20, width=30, top=2, left=9, flip=True)
+    assert torch.equal(crop_clips(list(frames), crop, SPEC), crop_clips(frames, crop, SPEC))
+
+
+def test_the_box_is_where_the_crop_falls_in_the_resized_frame():
+    # A 240x320 frame resized to 128x170: the 16-pixel square at (40, 100) covers
+    # source rows 75..105 and columns 188..218.
+    assert crop_box(CropPlan(128, 170, 40, 100, False), 240, 320, 16) == (75, 188, 105, 218)
+    # Boxes stay inside the frame and never empty.
+    assert crop_box(CropPlan(16, 16, 0, 0, False), 10, 10, 16) == (0, 0, 10, 10)
+    frame = np.zeros((1, 240, 320, 3), np.uint8)
+    frame[0, 80:100, 190:210] = 255  # a bright patch inside that box
+    squares = resize_box(gather_box(frame, CropPlan(128, 170, 40, 100, False), 16), 16)[0, ..., 0].float()
+    rows, cols = torch.nonzero(squares > 128, as_tuple=True)
+    # Source rows 80..100 of the box 75..105 map to output rows 2.7..13.3; columns 190..210 of 188..218 to 1.1..11.7.
+    assert abs(rows.float().mean() - 8.0) < 1 and abs(cols.float().mean() - 6.4) < 1
+
+
+def test_the_resize_antialiases():
+    """A one-pixel checkerboard scaled to 0.6 comes out flat grey (a filter without
+    antialiasing keeps strong moire)."""
+    y, x = np.mgrid[:200, :200]
+    board = np.repeat((((y + x) % 2) * 255).astype(np.uint8)[None, ..., None], 3, axis=-1)
+    out = resize_box(torch.from_numpy(board), 120).float()
+    plain = torch.nn.functional.interpolate(torch.from_numpy(board).permute(0, 3, 1, 2).float(), size=(120, 120),
+                                            mode="bilinear", antialias=False).permute(0, 2, 3, 1)
+    assert (out - 127.5).abs().mean() < 5 and (plain - 127.5).abs().mean() > 20
