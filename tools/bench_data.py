@@ -1,9 +1,9 @@
 """Clips per second of the manifest loaders and of their raw decoders, side by side.
 
-    python tools/bench_data.py [--videos 12] [--batches 6] [--repeats 3] [--threads 2]
+    python tools/bench_data.py [--size 240 360] [--videos 24] [--batches 8] [--repeats 3] [--threads 2]
 
-Generates VP9/WebM videos with FLAC audio (cached in ``--media-dir``), prepares them
-into a manifest, and times on the same files:
+Generates VP9/WebM videos with FLAC audio at each ``--size`` (cached in
+``--media-dir``), prepares them into a manifest, and times on the same files:
 
 - ``dali raw``: a DALI pipeline (CPU decoder here) that only reads the bytes and decodes
   the loader's frames and audio (no resize, crop, log-mel or copy to torch);
@@ -59,7 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="DALI threads and PyAV worker processes")
     parser.add_argument("--media-dir", default="/tmp/avbert-bench-media")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "data.json"))
-    parser.add_argument("--size", type=int, default=240, help="frame height (width is 4/3 of it)")
+    parser.add_argument("--size", type=int, nargs="+", default=[240, 360],
+                        help="frame heights (width is 4/3), each measured in turn: 240p, a copy pre-resized "
+                             "for 128-160 px training scales, and 360p, a common rendition of web video")
     return parser.parse_args(argv)
 
 
@@ -89,23 +91,23 @@ def write_webm(path: Path, frames: np.ndarray, waveform: np.ndarray, fps: int, s
         container.mux(audio.encode())
 
 
-def make_manifest(args) -> Path:
+def make_manifest(args, size: int) -> Path:
     """Generate the videos once (a generic tree of the synthetic dataset's videos, with
     little pixel noise so that they compress like real footage), and prepare them."""
     from avbert.data.datasets import Generic
     from avbert.data.prepare import PrepareOptions, prepare_dataset
     from avbert.data.synthetic import SyntheticSpec, generate_video
 
-    folder = Path(args.media_dir) / f"{args.videos}x{args.seconds:g}s_{args.size}p"
+    folder = Path(args.media_dir) / f"{args.videos}x{args.seconds:g}s_{size}p"
     manifest = folder / "manifest.jsonl"
     if manifest.exists():
         return manifest
     fps = 30
     spec = SyntheticSpec(num_videos=args.videos, num_classes=4, clips=int(args.seconds), frames_per_clip=fps,
-                         frame_size=args.size, fps=float(fps), pixel_noise=2.0)
+                         frame_size=size, fps=float(fps), pixel_noise=2.0)
     for index in range(args.videos):
         raw = generate_video(spec, index)
-        frames = np.concatenate([raw.frames, raw.frames[:, :, : args.size // 3]], axis=2)
+        frames = np.concatenate([raw.frames, raw.frames[:, :, : size // 3]], axis=2)
         write_webm(folder / "root" / "train" / f"c{raw.label}" / f"v{index:03d}.webm", frames, raw.waveform,
                    fps, raw.sample_rate)
     prepare_dataset(Generic(folder / "root"), manifest, PrepareOptions(audio_dir=str(folder / "audio")), workers=0)
@@ -271,14 +273,16 @@ def measure(manifest, args) -> dict[str, list[tuple[float, float]]]:
     return results
 
 
-def report(results: dict[str, list[tuple[float, float]]], args, manifest) -> dict:
+def report(results: dict[str, list[tuple[float, float]]], args, manifest, size: int) -> dict:
+    """Print the table of one source size; its figures for the JSON report."""
     from rich.console import Console
     from rich.table import Table
 
     rate = {name: statistics.median(r for r, _ in values) for name, values in results.items()}
     cost = {name: statistics.median(c for _, c in values) for name, values in results.items()}
-    table = Table(title=f"{SPEC.frames_per_clip} frames at stride {SPEC.frame_stride}, {SPEC.crop_size}px crops "
-                        f"+ log-mel, batch {args.batch_size} x {SPEC.clips} clips, {args.threads} threads")
+    table = Table(title=f"{size}p sources: {SPEC.frames_per_clip} frames at stride {SPEC.frame_stride}, "
+                        f"{SPEC.crop_size}px crops + log-mel, batch {args.batch_size} x {SPEC.clips} clips, "
+                        f"{args.threads} threads")
     for column in ("run", "clips/s", "repeats", "vs raw", "CPU ms/clip", "raw CPU / this"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for name, values in results.items():
@@ -286,8 +290,7 @@ def report(results: dict[str, list[tuple[float, float]]], args, manifest) -> dic
         table.add_row(name, f"{rate[name]:.1f}", " ".join(f"{r:.1f}" for r, _ in values),
                       f"{rate[name] / rate[raw]:.2f}x", f"{cost[name]:.1f}", f"{cost[raw] / cost[name]:.2f}x")
     Console().print(table)
-    return {"machine": machine(), "load_average": os.getloadavg(),
-            "settings": {**vars(args), "spec": vars(SPEC), "manifest": str(manifest)},
+    return {"manifest": str(manifest),
             "clips_per_s": {name: {"median": rate[name], "repeats": [r for r, _ in results[name]]} for name in results},
             "cpu_ms_per_clip": {name: {"median": cost[name], "repeats": [c for _, c in results[name]]}
                                 for name in results},
@@ -299,8 +302,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.warmup + args.batches > args.videos // args.batch_size:
         raise SystemExit("--warmup + --batches must fit in one epoch (videos // batch-size batches)")
-    manifest = load_manifest(make_manifest(args))
-    out = report(measure(manifest, args), args, manifest.path)
+    out = {"machine": machine(), "load_average": {"start": os.getloadavg()},
+           "settings": {**vars(args), "spec": vars(SPEC)}, "sizes": {}}
+    for size in args.size:
+        manifest = load_manifest(make_manifest(args, size))
+        out["sizes"][f"{size}p"] = report(measure(manifest, args), args, manifest.path, size)
+    out["load_average"]["end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"written: {args.out}")

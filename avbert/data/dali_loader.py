@@ -79,17 +79,17 @@ class Planned:
 
 
 def resize_crop(decoded, region, side: int):
-    """On the GPU: the box of ``region`` (``crop_region``) resized to ``side`` pixels,
-    with the filter of the CPU path (``avbert.data.pixels``: bilinear, antialiased).
+    """The box of ``region`` (``crop_region``) resized to ``side`` pixels in the graph
+    (the default on a GPU), with the filter of the CPU path (``avbert.data.pixels``: bilinear, antialiased).
     Only the box is resized, never the whole frame."""
     return fn.resize(decoded, roi_start=region[0:2], roi_end=region[2:4], roi_relative=False,
                      size=[side, side], interp_type=types.INTERP_LINEAR, antialias=True)
 
 
 def _video_branch(inputs, spec: ClipSpec, regions: int, gpu: bool):
-    """Decoded frames ``[T * F, H, W, 3]`` per row on the CPU (``pixels.crop_clips``
-    crops them as the batch is handed over: torch's resize costs a third of DALI's CPU
-    resize). On the GPU, uint8 ``[T, 3, F, S, S]`` per crop (stacked to ``[C, ...]`` for
+    """With no ``regions`` (the default without a GPU), the decoded frames ``[T * F, H,
+    W, 3]`` of each row: ``pixels.crop_clips`` crops them as the batch is handed over.
+    Otherwise uint8 ``[T, 3, F, S, S]`` per crop region (stacked to ``[C, ...]`` for
     several): one resize (which also mirrors) and one transpose."""
     video, frames, *boxes = inputs
     decoded = fn.decoders.video(video, frames=frames, pad_mode="none", device="mixed" if gpu else "cpu")
