@@ -83,6 +83,27 @@ def test_the_gpu_paths_graph_resize_gives_the_cpu_paths_pixels(manifest, train):
     assert flipped > 3 * difference.mean()
 
 
+def test_without_a_gpu_dali_crops_the_next_batch_in_its_crop_thread(manifest, monkeypatch):
+    """The CPU path's crops run beside the caller, one batch ahead, and a loader rewound
+    while a batch is being prefetched gives the batches of the restored position."""
+    import threading
+
+    import avbert.data.dali_loader as dali_loader
+
+    threads, crop = [], dali_loader.crop_clips
+    monkeypatch.setattr(dali_loader, "crop_clips",
+                        lambda *a: threads.append(threading.current_thread().name) or crop(*a))
+    loader = DaliLoader(manifest, SPEC, 4, seed=7)
+    state = loader.state_dict()
+    expected = [next(loader) for _ in range(3)]
+    assert threads and all(name.startswith("avbert-dali-crop") for name in threads)
+    loader.load_state_dict(state)  # waits for the batch in flight, and drops it
+    assert len(threads) == 4 * 4  # three batches taken and a fourth prefetched, 4 videos each
+    for want, got in zip(expected, [next(loader) for _ in range(3)]):
+        assert torch.equal(want["video"], got["video"]) and torch.equal(want["index"], got["index"])
+    loader.close()
+
+
 @pytest.fixture(scope="module")
 def probes(tmp_path_factory) -> Manifest:
     """Four flash-and-click videos (6 s, 8 fps, 32x32) with the events at known frames."""

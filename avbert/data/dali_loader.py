@@ -15,11 +15,10 @@ DALI graph then
 SpecAugment masks are drawn per sample by ``avbert.data.audio.spec_augment`` from the
 plan's seed, exactly as the PyAV loader draws them, and applied inside the graph. On a
 GPU all per-sample work happens in DALI, ahead of the training step (prefetch), and the
-training thread only copies the finished batch into torch. Without a GPU the training
-thread also crops the decoded frames as it takes the batch, with the PyAV loader's
-functions (``avbert.data.pixels``): torch's uint8 resize costs a third of DALI's CPU
-resize, which outweighs losing the overlap on machines where every core is busy anyway,
-and both CPU loaders then give the same pixels.
+training thread only copies the finished batch into torch. Without a GPU the loader's
+crop thread crops the decoded frames of the next batch while the caller works on this
+one, with the PyAV loader's functions (``avbert.data.pixels``): torch's uint8 resize
+costs a third of DALI's CPU resize, and both CPU loaders then give the same pixels.
 
 A record whose files fail the cheap checks (``probe.check_record``) or cannot be read is
 replaced by the next usable record while planning. When DALI fails on a batch, each of
@@ -34,6 +33,7 @@ import logging
 import os
 import weakref
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -225,6 +225,8 @@ class DaliLoader:
         self.num_threads, self.prefetch = num_threads, prefetch
         self.crops = 1 if train else spec.test_crops
         self.graph_resize = device_id is not None if graph_resize is None else graph_resize
+        if not self.graph_resize and device_id is not None:
+            raise ValueError("graph_resize=False needs device_id=None: frames decoded on a GPU are resized there")
         self.regions = self.crops if self.graph_resize else 0  # crop regions the graph resizes
         self.masked = train and spec.spec_augment > 0
         shard = len(self.records) // world_size if train else len(range(rank, len(self.records), world_size))
@@ -236,6 +238,8 @@ class DaliLoader:
         self.skipped: dict[str, int] = {}
         self.bad: dict[int, str] = {}  # positions DALI failed on, found at run time
         self._pipe, self._cursor, self._inflight, self._orders = None, (0, 0), deque(), {}
+        self._cropper: Optional[ThreadPoolExecutor] = None
+        self._pending: Optional[Future] = None  # the next batch, being cropped (CPU path)
 
     # planning -----------------------------------------------------------------------
     def _order(self, epoch: int) -> list[int]:
@@ -349,30 +353,58 @@ class DaliLoader:
     def _crop(self, decoded, planned: list[Planned]) -> torch.Tensor:
         """CPU rows of decoded frames -> ``[rows, (C,) T, 3, F, S, S]``: every crop of
         every row cut, resized and mirrored by ``pixels.crop_clips`` (a view of DALI's
-        buffer is read, not copied). One torch thread: DALI's threads hold the other
-        cores, and waking a torch pool beside them costs more CPU than it saves."""
+        buffer is read, not copied). Runs in the crop thread (``_fetch``)."""
         rows, temporal = [], len(decoded) // len(planned)
-        with torch_threads(1):
-            for row in range(len(decoded)):
-                frames = np.asarray(decoded[row])
-                views = planned[row // temporal].plan.views
-                first = (row % temporal) * self.crops
-                crops = [crop_clips(frames, crop, self.spec) for _, crop in views[first:first + self.crops]]
-                rows.append(crops[0] if self.crops == 1 else torch.stack(crops))
-            return torch.stack(rows)
+        for row in range(len(decoded)):
+            frames = np.asarray(decoded[row])
+            views = planned[row // temporal].plan.views
+            first = (row % temporal) * self.crops
+            crops = [crop_clips(frames, crop, self.spec) for _, crop in views[first:first + self.crops]]
+            rows.append(crops[0] if self.crops == 1 else torch.stack(crops))
+        return torch.stack(rows)
 
     def _count(self, planned: list[Planned]) -> None:
         for planned_sample in planned:
             for key, value in skip_counts(planned_sample.reasons).items():
                 self.skipped[key] = self.skipped.get(key, 0) + value
 
+    def _fetch(self) -> tuple[dict, list[Planned]]:
+        outputs, planned = self._run()
+        return self._assemble(outputs, planned), planned
+
+    def _crop_thread(self) -> ThreadPoolExecutor:
+        """One thread that runs and crops the next batch on the CPU path while the
+        caller trains on this one, so the crops overlap the step as DALI's own work
+        does. Under OpenMP (torch's CPU builds) its torch thread count is its own: one,
+        as DALI's threads hold the other cores."""
+        if self._cropper is None:
+            openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+            self._cropper = ThreadPoolExecutor(1, thread_name_prefix="avbert-dali-crop",
+                                               initializer=(lambda: torch.set_num_threads(1)) if openmp else None)
+        return self._cropper
+
+    def _drop_pending(self) -> None:
+        """Wait for and discard the batch being prefetched (its position is replanned)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception:  # it is run again, and fails again, when asked for
+                pass
+
     def next_batch(self) -> dict:
         if self.train and self.position >= self.batches_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
-        outputs, planned = self._run()
+        if self.graph_resize:
+            batch, planned = self._fetch()
+        else:
+            pending, self._pending = self._pending, None
+            batch, planned = (pending or self._crop_thread().submit(self._fetch)).result()
         self._count(planned)
         self.position += 1
-        return self._assemble(outputs, planned)
+        if not self.graph_resize and (self.train or self.position < self.batches_per_epoch):
+            self._pending = self._crop_thread().submit(self._fetch)
+        return batch
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -383,6 +415,7 @@ class DaliLoader:
         return self._one_pass()
 
     def _one_pass(self):
+        self._drop_pending()
         self.epoch, self.position, self._pipe = 0, 0, None
         while self.position < self.batches_per_epoch:
             yield self.next_batch()
@@ -393,6 +426,7 @@ class DaliLoader:
 
     def close(self) -> None:
         """Stop the pipeline's threads now (a new batch request starts it again)."""
+        self._drop_pending()
         self._pipe, self._inflight = None, deque()
 
     def state_dict(self) -> dict:
@@ -406,6 +440,7 @@ class DaliLoader:
                              f"this run has {self.world_size}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self.skipped = {key: int(value) for key, value in state.get("skipped", {}).items()}
+        self._drop_pending()
         self._pipe = None
 
 
