@@ -43,6 +43,8 @@ def _assert_same_contract(a: dict, b: dict):
         assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype, key
     assert torch.equal(a["valid"], b["valid"]) and torch.equal(a["label"], b["label"])
     assert torch.equal(a["index"], b["index"])
+    for video in (a["video"], b["video"]):  # batched as the crops are laid out (pixels.stack_clips)
+        assert video.movedim(-4, -1).is_contiguous()
     assert (a["video"].float() - b["video"].float()).abs().mean() < 3  # grey levels
     assert (a["audio"] - b["audio"]).abs().mean() * DB < 0.5
 
@@ -169,6 +171,7 @@ def test_pyav_workers_give_what_the_main_process_gives(manifest):
     for a, b in zip(_batches(inline, 2), _batches(workers, 2)):
         for key in a:
             assert torch.equal(a[key], b[key]), key
+        assert b["video"].movedim(-4, -1).is_contiguous()  # the layout crosses the worker queue
 
 
 def test_loader_choice_follows_the_codecs_this_machine_decodes(manifest):

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from avbert.data.clips import ClipSpec, CropPlan
-from avbert.data.pixels import crop_box, crop_clips, gather_box, resize_box
+from avbert.data.pixels import crop_box, crop_clips, gather_box, resize_box, stack_clips
+from avbert.models.cnn import normalize_pixels
 
 SPEC = ClipSpec(clips=2, clip_seconds=1.0, frames_per_clip=3, frame_stride=1, crop_size=16,
                 short_side=(16, 20))
@@ -54,3 +55,21 @@ def test_the_resize_antialiases():
     plain = torch.nn.functional.interpolate(torch.from_numpy(board).permute(0, 3, 1, 2).float(), size=(120, 120),
                                             mode="bilinear", antialias=False).permute(0, 2, 3, 1)
     assert (out - 127.5).abs().mean() < 5 and (plain - 127.5).abs().mean() > 20
+
+
+def _channels_last(video: torch.Tensor) -> bool:
+    return video.movedim(-4, -1).is_contiguous()
+
+
+def test_crops_batch_channels_last_and_the_model_gets_the_standard_layout():
+    crops = [crop_clips(_frames(seed=seed), CropPlan(20, 30, 2, 9, flip=seed % 2 == 1), SPEC) for seed in range(3)]
+    batch = stack_clips(crops)
+    assert batch.shape == (3, 2, 3, 3, 16, 16) and torch.equal(batch, torch.stack(crops))
+    assert _channels_last(batch) and not batch.is_contiguous()
+    views = stack_clips([batch, batch.flip(0)])  # a view dimension more, as in test mode
+    assert torch.equal(views, torch.stack([batch, batch.flip(0)])) and _channels_last(views)
+    shared = stack_clips(crops, shared=True)
+    assert shared.is_shared() and torch.equal(shared, batch) and _channels_last(shared)
+    pixels = normalize_pixels(batch)
+    assert pixels.is_contiguous() and pixels.dtype == torch.float32
+    assert torch.allclose(pixels, normalize_pixels(batch.contiguous()))

@@ -54,10 +54,29 @@ def crop_clips(frames, crop: CropPlan, spec: ClipSpec) -> torch.Tensor:
     """Decoded uint8 frames of one view (``T * F`` of them, as ``gather_box`` takes them)
     -> its crop, uint8 ``[T, 3, F, S, S]``, mirrored when ``crop.flip`` (after the
     resize, on the smaller pixels: a mirrored gather of 3-byte pixels costs ten times a
-    plain one). The result is a permuted view of ``[T, F, S, S, 3]`` memory: the batch's
-    collation copies it anyway, and does the transpose in that copy."""
+    plain one). The result is a permuted view of ``[T, F, S, S, 3]`` memory, which
+    ``stack_clips`` batches as it is."""
     squares = resize_box(gather_box(frames, crop, spec.crop_size), spec.crop_size)
     if crop.flip:
         squares = squares.flip(2)
     size = spec.crop_size
     return squares.reshape(spec.clips, spec.frames_per_clip, size, size, 3).permute(0, 4, 1, 2, 3)
+
+
+def stack_clips(clips: list[torch.Tensor], shared: bool = False) -> torch.Tensor:
+    """``torch.stack`` of crops ``[..., 3, F, S, S]`` laid out channels-last (as
+    ``crop_clips`` makes them), keeping that layout: the copy is a plain one, where a
+    stack in the logical order would interleave the channels apart (a transposing copy
+    of single bytes, several times slower). The result is again a permuted view, of
+    ``[N, ..., F, S, S, 3]`` memory; the model's ``normalize_pixels`` makes it
+    contiguous in the float conversion it does anyway, on the training device.
+
+    ``shared``: in shared memory, as ``torch.utils.data.default_collate`` allocates its
+    batches in a DataLoader worker (the batch then reaches the training process without
+    a copy, strides included)."""
+    inner = [clip.movedim(-4, -1) for clip in clips]  # views of the channels-last memory
+    out = None
+    if shared:
+        storage = inner[0]._typed_storage()._new_shared(len(inner) * inner[0].numel(), device=inner[0].device)
+        out = inner[0].new(storage).resize_(len(inner), *inner[0].shape)
+    return torch.stack(inner, out=out).movedim(-1, -4)

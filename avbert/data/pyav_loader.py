@@ -27,12 +27,12 @@ import av
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from avbert.data.audio import clip_logmel, spec_augment
 from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
-from avbert.data.pixels import crop_clips
+from avbert.data.pixels import crop_clips, stack_clips
 from avbert.data.probe import ProbeError, Reason, check_record
 from avbert.data.sampler import ResumableLoader
 
@@ -175,7 +175,7 @@ class ManifestDataset(Dataset):
         frames = decode_frames(record.video, [clips.frames for clips, _ in plan.views], record.fps)
         views = [crop_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, self.spec)
                  for clips, crop in plan.views]
-        return views[0][None] if len(views) == 1 else torch.stack(views)
+        return views[0][None] if len(views) == 1 else stack_clips(views)
 
     def _audio(self, record: MediaRecord, plan: SamplePlan) -> torch.Tensor:
         """``[V, T, 1, n_mels, mel_frames]``, one patch per clip of every view."""
@@ -221,6 +221,17 @@ class ManifestDataset(Dataset):
         return {**sample, **skip_counts(reasons)}
 
 
+def collate(samples: list[dict]) -> dict:
+    """``default_collate``, but video is batched channels-last as the crops are laid out
+    (``pixels.stack_clips``, in shared memory in a worker as ``default_collate`` would):
+    the batch is one plain copy of the crops, not a transposing one."""
+    if "video" not in samples[0]:
+        return default_collate(samples)
+    batch = default_collate([{key: value for key, value in s.items() if key != "video"} for s in samples])
+    batch["video"] = stack_clips([s["video"] for s in samples], shared=get_worker_info() is not None)
+    return batch
+
+
 def worker_context():
     """Worker processes fork from a clean forkserver (preloaded with this module), never
     from the training process: forking a process that runs DALI, CUDA or OpenMP threads
@@ -240,13 +251,13 @@ class PyAVLoader(ResumableLoader):
                  seed: int = 0, num_workers: int = 0):
         dataset.seed = seed
         super().__init__(dataset, batch_size, rank=rank, world_size=world_size, seed=seed,
-                         num_workers=num_workers, pin_memory=torch.cuda.is_available())
+                         num_workers=num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available())
 
     def _start_epoch(self) -> None:
         self.dataset.epoch = self.epoch
         self.sampler.set_epoch(self.epoch, self.position * self.batch_size)
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
-                            num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            num_workers=self.num_workers, collate_fn=self.collate_fn, pin_memory=self.pin_memory,
                             multiprocessing_context=worker_context() if self.num_workers else None)
         self._iterator = iter(loader)
 
@@ -262,7 +273,7 @@ class PyAVEvalLoader:
         self.dataset = dataset
         positions = list(range(rank, len(dataset), world_size))
         self.loader = DataLoader(torch.utils.data.Subset(dataset, positions), batch_size=batch_size,
-                                 num_workers=num_workers,
+                                 num_workers=num_workers, collate_fn=collate,
                                  multiprocessing_context=worker_context() if num_workers else None)
         self.skipped: dict[str, int] = {}
 

@@ -25,11 +25,14 @@ PIXEL_MEAN, PIXEL_STD = 0.45, 0.225
 
 
 def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float32 ``(x / 255 - 0.45) / 0.225``; float input passes unchanged."""
+    """uint8 pixels -> float32 ``(x / 255 - 0.45) / 0.225``, contiguous; float input
+    passes unchanged. The CPU loaders hand over clips laid out channels-last (a permuted
+    view, ``avbert.data.pixels.stack_clips``): the float conversion, a full pass anyway,
+    puts them in the standard layout on the training device."""
     if pixels.is_floating_point():
         return pixels
     # In place on the one float copy: no further full-size temporaries at the peak.
-    return pixels.float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)
+    return pixels.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)
 
 
 def _conv(dims: int, cin: int, cout: int, kernel: tuple[int, ...], stride: tuple[int, ...]) -> nn.Module:
