@@ -9,10 +9,11 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from avbert.config import load_config
-from avbert.data.sampler import ResumableLoader, epoch_order, rank_shard
+from avbert.data.sampler import INLINE_BYTES, ResumableLoader, collate, epoch_order, rank_shard
 from avbert.train import checkpoint as ckpt
 from avbert.train.ds_config import REDUCE_BUCKET_ELEMENTS, build_ds_config, build_optimizer, parameter_groups
 from avbert.train.metrics import IntervalMeans, MetricsFile, combine_counts, read_metrics
@@ -125,6 +126,35 @@ def test_loader_with_workers_gives_the_same_order():
     plain = take(ResumableLoader(Numbers(32), batch_size=4, seed=0), 10)
     workers = take(ResumableLoader(Numbers(32), batch_size=4, seed=0, num_workers=2), 10)
     assert plain == workers
+
+
+class Mixed(Dataset):
+    """Items with small fields of every kind a dataset returns, one large tensor and a string."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"index": torch.tensor(i), "valid": torch.tensor([True, i % 2 == 0]), "weight": i / 2, "count": i,
+                "label": torch.full((3,), i, dtype=torch.float32), "name": f"v{i}",
+                "pixels": torch.full((INLINE_BYTES // 2,), i, dtype=torch.uint8)}
+
+
+def test_worker_batches_carry_small_fields_inline_and_arrive_as_default_collate_makes_them():
+    expected = default_collate([Mixed()[i] for i in range(4)])
+    sent = next(iter(DataLoader(Mixed(), batch_size=4, num_workers=1, collate_fn=collate)))
+    assert {key for key, value in sent.items() if isinstance(value, np.ndarray)} == {
+        "index", "valid", "weight", "count", "label"}
+    assert torch.is_tensor(sent["pixels"])  # 128 KiB: a shared-memory tensor
+    assert collate([Mixed()[i] for i in range(4)])["index"].dtype == torch.int64  # no worker: default_collate
+    for workers in (0, 1):
+        batch = next(ResumableLoader(Mixed(), batch_size=4, shuffle=False, num_workers=workers))
+        assert list(batch) == list(expected)
+        for key, value in expected.items():
+            if torch.is_tensor(value):
+                assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+            else:
+                assert batch[key] == value, key
 
 
 def test_loader_does_not_touch_the_global_rng():

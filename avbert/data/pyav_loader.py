@@ -34,7 +34,8 @@ from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
 from avbert.data.pixels import crop_clips, stack_clips
 from avbert.data.probe import ProbeError, Reason, check_record
-from avbert.data.sampler import ResumableLoader
+from avbert.data.sampler import ResumableLoader, from_worker
+from avbert.data.sampler import collate as sampler_collate
 
 MAX_SUBSTITUTES = 32
 RUNTIME_REASONS = (Reason.MISSING, Reason.UNREADABLE, Reason.EMPTY, Reason.CHANGED, Reason.NO_VIDEO,
@@ -221,15 +222,20 @@ class ManifestDataset(Dataset):
         return {**sample, **skip_counts(reasons)}
 
 
-def collate(samples: list[dict]) -> dict:
-    """``default_collate``, but video is batched channels-last as the crops are laid out
-    (``pixels.stack_clips``, in shared memory in a worker as ``default_collate`` would):
-    the batch is one plain copy of the crops, not a transposing one."""
+def _collate_large(samples: list[dict]) -> dict:
     if "video" not in samples[0]:
         return default_collate(samples)
     batch = default_collate([{key: value for key, value in s.items() if key != "video"} for s in samples])
     batch["video"] = stack_clips([s["video"] for s in samples], shared=get_worker_info() is not None)
     return batch
+
+
+def collate(samples: list[dict]) -> dict:
+    """``sampler.collate`` (small fields inline from a worker), with video batched
+    channels-last as the crops are laid out (``pixels.stack_clips``, in shared memory in
+    a worker as ``default_collate`` would): one plain copy of the crops, not a
+    transposing one."""
+    return sampler_collate(samples, _collate_large)
 
 
 def worker_context():
@@ -281,7 +287,7 @@ class PyAVEvalLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for batch in self.loader:
+        for batch in map(from_worker, self.loader):
             for key in [k for k in batch if k.startswith("skipped")]:
                 self.skipped[key] = self.skipped.get(key, 0) + int(batch.pop(key).sum())
             yield batch
