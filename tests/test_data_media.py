@@ -12,9 +12,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from av.video.reformatter import VideoReformatter
 
 from avbert.data.manifest import MediaRecord
-from avbert.data.probe import ProbeError, Reason, probe_media
+from avbert.data.probe import ProbeError, Reason, probe_media, rgb
 from avbert.data.synthetic import SyntheticSpec, generate_video, write_raw
 
 SPEC = SyntheticSpec(num_videos=16, num_classes=2, num_events=4, clips=4, frames_per_clip=8,
@@ -188,6 +189,17 @@ def test_probe_reads_a_good_file_and_flags_a_wrong_extension(good_webm, tmp_path
     assert info.audio_codec is None  # the writer puts the sound in a FLAC beside the video
     misnamed = probe_media(str(make_bad("misnamed", tmp_path / "really_webm.mp4", good_webm)))
     assert any(flag.startswith("extension_mismatch") for flag in misnamed.flags)
+
+
+def test_rgb_in_the_calling_thread_gives_pyav_default_colours(good_webm):
+    reformatter = VideoReformatter()
+    with av.open(str(good_webm)) as container:
+        frames = list(container.decode(video=0))[:8]
+    for frame in frames:
+        converted = rgb(reformatter, frame)
+        assert converted.shape == (48, 64, 3) and converted.dtype == np.uint8
+        assert np.array_equal(converted, frame.to_ndarray(format="rgb24"))
+    assert len({rgb(reformatter, f).tobytes() for f in frames}) > 1  # frames of a moving scene, not one cached
 
 
 @pytest.mark.parametrize("ext,codec", [(".mp4", "h264"), (".avi", "mpeg4"), (".mkv", "vp9")])

@@ -33,7 +33,7 @@ from avbert.data.audio import clip_logmel, spec_augment
 from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
 from avbert.data.pixels import crop_clips, stack_clips
-from avbert.data.probe import ProbeError, Reason, check_record
+from avbert.data.probe import ProbeError, Reason, check_record, rgb
 from avbert.data.sampler import ResumableLoader, from_worker
 from avbert.data.sampler import collate as sampler_collate
 
@@ -62,7 +62,7 @@ def _decode_run(container, stream, run: list[int], fps: float, origin: int, seek
     for frame in container.decode(stream):
         index = int(round(float((frame.pts - origin) * stream.time_base) * fps)) if frame.pts is not None else -1
         if index in wanted:
-            got[index] = reformatter.reformat(frame, format="rgb24").to_ndarray()
+            got[index] = rgb(reformatter, frame)
         budget -= 1
         if index >= run[-1] or budget <= 0:
             break
