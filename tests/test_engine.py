@@ -296,3 +296,18 @@ def test_metrics_file_truncates_steps_past_a_resumed_checkpoint(tmp_path):
         handle.write('{"step": 6, "lo')  # the half-written line of a killed run
     metrics.truncate_after(3)
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_speed_switches_reach_the_model_in_pretraining_and_downstream():
+    from avbert.train.downstream import load_backbone
+    from avbert.train.pretrain import build_pretrainer
+
+    cfg = load_config(None, ["model.preset=tiny", "train.channels_last=true", "train.activation_checkpointing=true"])
+    for model in (build_pretrainer(cfg).model, load_backbone(cfg)[0]):
+        assert model.visual_cnn.memory_format == torch.channels_last_3d
+        assert model.audio_cnn.memory_format == torch.channels_last
+        switches = [m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing")]
+        assert switches and all(switches)
+    plain = build_pretrainer(load_config(None, ["model.preset=tiny"])).model
+    assert plain.visual_cnn.memory_format == torch.contiguous_format
+    assert not any(m.gradient_checkpointing for m in plain.modules() if hasattr(m, "gradient_checkpointing"))

@@ -46,10 +46,11 @@ class PointClassifier(nn.Module):
         self.net = nn.Sequential(nn.Linear(8, 32), nn.LayerNorm(32), nn.GELU(), nn.Dropout(dropout), nn.Linear(32, 2))
         self.aux = nn.Linear(8, 1)
         self.calls, self.nan_at = 0, nan_at
-        self.compute_dtype = None
+        self.compute_dtype, self.compiled = None, False
 
     def forward(self, batch):
         self.calls += 1
+        self.compiled = torch.compiler.is_compiling()
         logits = self.net(batch["x"])
         self.compute_dtype = logits.dtype
         logits = logits.float()
@@ -130,6 +131,17 @@ def test_bf16_computes_in_bfloat16_and_keeps_fp32_weights(tmp_path):
     assert all(p.dtype == torch.float32 for p in module.parameters())
     _, module = train(tmp_path / "fp32", "train.precision=fp32", "train.steps=2")
     assert module.compute_dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_compile_runs_the_module_compiled_with_the_eager_losses(tmp_path):
+    outcome, module = train(tmp_path / "compiled", "train.compile=true", "train.steps=3", dropout=0.0)
+    assert outcome.status == "completed" and module.compiled
+    _, eager = train(tmp_path / "eager", "train.steps=3", dropout=0.0)
+    assert not eager.compiled
+    compiled, plain = [[loss for _, loss in losses(tmp_path / run)] for run in ("compiled", "eager")]
+    assert compiled == pytest.approx(plain, rel=1e-4)
+    PointClassifier().load_state_dict(torch.load(tmp_path / "compiled" / "export" / "model.pt")["model"])
 
 
 def test_fp32_losses_agree_across_zero_stages(tmp_path):

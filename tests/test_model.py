@@ -216,3 +216,34 @@ def test_activation_checkpointing_recomputes_s_with_the_same_gradients():
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
+def test_channels_last_runs_the_cnns_channels_last_with_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    model = AVBert(tiny()).train()
+    pixels = torch.randint(0, 256, (B, T, 4, 32, 32, 3), dtype=torch.uint8).permute(0, 1, 5, 2, 3, 4)  # as the loaders
+    _, audio = inputs()
+    seen = []
+    for encoder in (model.visual_cnn, model.audio_cnn):
+        first = next(m for m in encoder.cnn.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
+        first.register_forward_pre_hook(lambda module, args: seen.append(
+            args[0].is_contiguous(memory_format=torch.channels_last_3d if args[0].dim() == 5 else torch.channels_last)
+            and not args[0].is_contiguous()))
+    results = []
+    for enabled in (False, True):
+        model.set_channels_last(enabled)
+        model.zero_grad()
+        out = model(pixels, audio).summary()
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert seen[0] is False and seen[2] is True  # video conv input: standard layout, then channels-last-3d
+    inner = model.visual_cnn.cnn.get_submodule("stages.1.1.conv1")  # a [6, 16, 4, 4, 4] activation
+    inside = []
+    inner.register_forward_pre_hook(lambda module, args: inside.append(
+        args[0].is_contiguous(memory_format=torch.channels_last_3d) and not args[0].is_contiguous()))
+    model(pixels, audio)
+    assert inside == [True]  # the activations stay channels-last through the CNN
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
+    scale = max(grad.abs().max() for grad in results[0][1].values())  # some grads are structurally ~0
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-6 * float(scale), msg=name)

@@ -239,9 +239,9 @@ class TrainConfig:
     seed: int = 0
     run_dir: str = "runs/default"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    activation_checkpointing: bool = False
-    compile: bool = False
-    channels_last: bool = False
+    activation_checkpointing: bool = False  # recompute CNN stages and Transformer layers in the backward pass
+    compile: bool = False  # torch.compile the module inside DeepSpeed (engine.compile)
+    channels_last: bool = False  # run the CNNs channels-last (channels_last_3d for video)
 
     def validate(self) -> None:
         for name in ("steps", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from avbert.config import ModelConfig
-from avbert.models.cnn import audio_encoder, visual_encoder
+from avbert.models.cnn import ClipEncoder, audio_encoder, visual_encoder
 from avbert.models.transformer import SequenceEmbedding, build_transformers
 
 GROUPS_BY_FUSION = {"early": ["multimodal"], "mid": ["visual", "audio", "multimodal"], "late": ["visual", "audio"]}
@@ -125,3 +125,9 @@ class AVBert(nn.Module):
         for module in self.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = enabled
+
+    def set_channels_last(self, enabled: bool = True) -> None:
+        """Run the visual and audio CNNs channels-last (``ClipEncoder.set_channels_last``)."""
+        for module in self.modules():
+            if isinstance(module, ClipEncoder):
+                module.set_channels_last(enabled)

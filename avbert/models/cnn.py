@@ -24,15 +24,17 @@ STAGE_BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
 PIXEL_MEAN, PIXEL_STD = 0.45, 0.225
 
 
-def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float32 ``(x / 255 - 0.45) / 0.225``, contiguous; float input
-    passes unchanged. The CPU loaders hand over clips laid out channels-last (a permuted
-    view, ``avbert.data.pixels.stack_clips``): the float conversion, a full pass anyway,
-    puts them in the standard layout on the training device."""
+def normalize_pixels(pixels: torch.Tensor,
+                     memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 pixels -> float32 ``(x / 255 - 0.45) / 0.225`` in ``memory_format``; float
+    input passes unchanged (only laid out in ``memory_format`` when that is not the
+    default). The CPU loaders hand over clips laid out channels-last (a permuted view,
+    ``avbert.data.pixels.stack_clips``): the float conversion, a full pass anyway, puts
+    them in the layout the CNN runs in, on the training device."""
     if pixels.is_floating_point():
-        return pixels
+        return pixels if memory_format == torch.contiguous_format else pixels.contiguous(memory_format=memory_format)
     # In place on the one float copy: no further full-size temporaries at the peak.
-    return pixels.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)
+    return pixels.to(torch.float32, memory_format=memory_format).div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)
 
 
 def _conv(dims: int, cin: int, cout: int, kernel: tuple[int, ...], stride: tuple[int, ...]) -> nn.Module:
@@ -150,10 +152,21 @@ class ClipEncoder(nn.Module):
         self.cnn = cnn
         self.proj = nn.Linear(cnn.out_dim, width)
         self.norm = nn.LayerNorm(width)
+        self.memory_format = torch.contiguous_format
+
+    def set_channels_last(self, enabled: bool = True) -> None:
+        """Run the CNN channels-last (``channels_last_3d`` for video): its input is laid
+        out so in the float conversion, and cuDNN and oneDNN then pick channels-last
+        kernels and keep the activations channels-last. The weights stay in the standard
+        layout, which DeepSpeed needs (it broadcasts and flattens them as plain
+        contiguous tensors); the convolutions re-lay the small weights per call."""
+        dims = next(m for m in self.cnn.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))).weight.dim()
+        channels_last = torch.channels_last_3d if dims == 5 else torch.channels_last
+        self.memory_format = channels_last if enabled else torch.contiguous_format
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         b, t = clips.shape[:2]
-        features = self.cnn(normalize_pixels(clips).flatten(0, 1))
+        features = self.cnn(normalize_pixels(clips.flatten(0, 1), self.memory_format))
         return self.norm(self.proj(features)).view(b, t, -1)
 
 

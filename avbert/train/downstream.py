@@ -48,13 +48,16 @@ def protocol_of(cfg: Config) -> str:
 def load_backbone(cfg: Config):
     """(AVBert, its model config dict): from the fp32 export, or fresh from ``cfg.model``."""
     from avbert.models import AVBert
-    from avbert.train.pretrain import load_exported_model
+    from avbert.train.pretrain import apply_speed_switches, load_exported_model
 
     if cfg.downstream.pretrained:
         model = load_exported_model(cfg.downstream.pretrained)
-        return model, to_dict(model.cfg)
-    torch.manual_seed(cfg.train.seed)
-    return AVBert(cfg.model), to_dict(cfg.model)
+        model_config = to_dict(model.cfg)
+    else:
+        torch.manual_seed(cfg.train.seed)
+        model, model_config = AVBert(cfg.model), to_dict(cfg.model)
+    apply_speed_switches(model, cfg.train)
+    return model, model_config
 
 
 def build_classifier(cfg: Config, model, num_classes: int, multilabel: bool) -> DownstreamClassifier:

@@ -93,6 +93,8 @@ def initialize_engine(cfg: Config, module: nn.Module, env: DistEnv):
     optimizer = build_optimizer(module, cfg.optim)
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer,
                                       config=build_ds_config(cfg, env.world_size))
+    if cfg.train.compile:
+        engine.compile()  # torch.compile of the module's forward, inside DeepSpeed's hooks
     return engine
 
 

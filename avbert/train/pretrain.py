@@ -31,9 +31,15 @@ def build_pretrainer(cfg: Config):
 
     torch.manual_seed(cfg.train.seed)
     model = AVBert(cfg.model)
-    if cfg.train.activation_checkpointing:
-        model.set_gradient_checkpointing(True)
+    apply_speed_switches(model, cfg.train)
     return AVBertPretrainer(model, cfg.objective)
+
+
+def apply_speed_switches(model, train) -> None:
+    """``train.activation_checkpointing`` and ``train.channels_last`` on an AVBert
+    (``train.compile`` acts on the DeepSpeed engine, ``engine.initialize_engine``)."""
+    model.set_gradient_checkpointing(train.activation_checkpointing)
+    model.set_channels_last(train.channels_last)
 
 
 def pretrain_export(cfg: Config) -> ExportFn:
