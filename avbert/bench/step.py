@@ -52,9 +52,7 @@ def build_module(cfg: Config, options: StepOptions, device: torch.device) -> nn.
     module = AVBertPretrainer(AVBert(cfg.model), cfg.objective).to(device).train()
     model = module.model
     model.set_gradient_checkpointing(options.checkpointing)
-    if options.channels_last:
-        model.visual_cnn.to(memory_format=torch.channels_last_3d)
-        model.audio_cnn.to(memory_format=torch.channels_last)
+    model.set_channels_last(options.channels_last)  # as train.channels_last: channels-last input, standard weights
     if options.compile:
         for part in (model.visual_cnn, model.audio_cnn, *model.transformers.values()):
             part.compile()
