@@ -12,10 +12,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from av.video.reformatter import VideoReformatter
 
 from avbert.data.manifest import MediaRecord
-from avbert.data.probe import ProbeError, Reason, probe_media, rgb
+from avbert.data.probe import ProbeError, Reason, probe_media, rgb, write_flac
+from avbert.data.pyav_loader import decode_audio
 from avbert.data.synthetic import SyntheticSpec, generate_video, write_raw
 
 SPEC = SyntheticSpec(num_videos=16, num_classes=2, num_events=4, clips=4, frames_per_clip=8,
@@ -200,6 +202,25 @@ def test_rgb_in_the_calling_thread_gives_pyav_default_colours(good_webm):
         assert converted.shape == (48, 64, 3) and converted.dtype == np.uint8
         assert np.array_equal(converted, frame.to_ndarray(format="rgb24"))
     assert len({rgb(reformatter, f).tobytes() for f in frames}) > 1  # frames of a moving scene, not one cached
+
+
+def _swresampled(path: Path, rate: int) -> np.ndarray:
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+    with av.open(str(path)) as container:
+        chunks = [f.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for f in resampler.resample(frame)]
+    return np.concatenate(chunks + [f.to_ndarray().reshape(-1) for f in resampler.resample(None)])
+
+
+def test_decode_audio_gives_swresample_samples_for_prepared_and_other_flac(tmp_path):
+    samples = (np.random.default_rng(0).standard_normal(16000) * 6000).clip(-32768, 32767).astype(np.int16)
+    write_flac(samples, str(tmp_path / "prepared.flac"), 16000)
+    got = decode_audio(str(tmp_path / "prepared.flac"), 16000)  # scaled only
+    assert got.dtype == torch.float32 and np.array_equal(got.numpy(), _swresampled(tmp_path / "prepared.flac", 16000))
+    assert np.array_equal(got.numpy(), samples / np.float32(32768))
+    write_flac(samples, str(tmp_path / "8k.flac"), 8000)
+    upsampled = decode_audio(str(tmp_path / "8k.flac"), 16000)  # resampled
+    assert abs(len(upsampled) - 32000) < 64
+    assert np.array_equal(upsampled.numpy(), _swresampled(tmp_path / "8k.flac", 16000))
 
 
 @pytest.mark.parametrize("ext,codec", [(".mp4", "h264"), (".avi", "mpeg4"), (".mkv", "vp9")])
