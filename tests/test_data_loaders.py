@@ -6,13 +6,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from av.video.reformatter import VideoReformatter
+from nvidia.dali import fn, pipeline_def
 
-from avbert.data.clips import ClipSpec
+from avbert.data.clips import ClipSpec, CropPlan
 from avbert.data.dali_loader import DaliLoader, choose_loader, gpu_count
 from avbert.data.manifest import Manifest, MediaRecord, load_manifest, write_manifest
-from avbert.data.pyav_loader import ManifestDataset, PyAVEvalLoader, PyAVLoader
+from avbert.data.pixels import crop_box, crop_clips
+from avbert.data.probe import ACCURATE, rgb, scaled_box
+from avbert.data.pyav_loader import ManifestDataset, PyAVEvalLoader, PyAVLoader, decode_frames, scale_clips
 from avbert.data.synthetic import SyntheticSpec, alignment_probe, write_raw
 from test_data_media import prepared_manifest
 
@@ -56,6 +61,7 @@ def test_both_loaders_cut_the_same_training_clips(manifest):
         assert a["audio"].shape == (4, 3, 1, 40, 32) and a["valid"].shape == (4, 3)
         assert a["label"].dtype == torch.int64 and a["index"].dtype == torch.int64
         _assert_same_contract(a, b)
+        assert (a["video"].float() - b["video"].float()).abs().mean() < 1.5  # swscale converts as DALI does
         assert (a["audio"] == 0).any()  # SpecAugment masks, the same in both
 
 
@@ -163,6 +169,36 @@ def test_ranks_share_an_epoch_without_overlap(manifest):
     orders = [torch.cat([b["index"] for b in _batches(DaliLoader(manifest, SPEC, 4, seed=s), 2)]) for s in (5, 6)]
     assert sorted(orders[0].tolist()) == sorted(orders[1].tolist()) == list(range(8))
     assert not torch.equal(orders[0], orders[1])
+
+
+def test_pyav_converts_as_dali_decodes_and_scales_the_box_as_torch_resizes(manifest):
+    record = manifest.records[0]
+    encoded = np.fromfile(record.video, np.uint8)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def decode():
+        video = fn.external_source(source=lambda: [encoded], batch=True)
+        frames = fn.external_source(source=lambda: [np.arange(6, dtype=np.int32)], batch=True)
+        return fn.decoders.video(video, frames=frames, pad_mode="none")
+
+    pipe = decode()
+    pipe.build()
+    dali = np.asarray(pipe.run()[0][0])
+    reformatter = VideoReformatter()
+    frames = [decode_frames(record.video, range(6), record.fps, rgb_out=False)[i] for i in range(6)]
+    converted = [reformatter.reformat(f, format="rgb24", threads=1, interpolation=ACCURATE).to_ndarray() for f in frames]
+    assert np.array_equal(np.stack(converted), dali)  # the flags of DALI's colour conversion
+
+    spec = ClipSpec(clips=2, clip_seconds=1.0, frames_per_clip=3, frame_stride=1, crop_size=24, short_side=(36, 44))
+    for crop in (CropPlan(40, 53, 6, 10, False), CropPlan(36, 48, 3, 11, True)):
+        scaled = scale_clips(frames, crop, spec)
+        assert scaled.shape == (2, 3, 3, 24, 24) and scaled.dtype == torch.uint8
+        resized = crop_clips(list(dali), crop, spec)  # the DALI loader's CPU crop of the same frames
+        assert (scaled.float() - resized.float()).abs().mean() < 1.0
+        assert (scaled.float() - resized.flip(-1).float()).abs().mean() > 2.0  # a missed mirror would show
+    assert scaled_box(reformatter, frames[0].reformat(format="yuv444p"), crop_box(crop, 48, 64, 24), 24) is None
+    other = [f.reformat(format="yuv444p") for f in frames]  # not 4:2:0: converted whole, then cropped
+    assert torch.equal(scale_clips(other, crop, spec), crop_clips([rgb(reformatter, f) for f in other], crop, spec))
 
 
 @pytest.mark.slow

@@ -17,12 +17,12 @@ def _frames(count=6, height=40, width=60, seed=0) -> np.ndarray:
 
 def test_an_unscaled_crop_is_the_source_window_in_clip_layout():
     frames = _frames()
-    crop = CropPlan(height=40, width=60, top=5, left=7, flip=False)
+    crop = CropPlan(height=40, width=60, top=6, left=8, flip=False)
     out = crop_clips(frames, crop, SPEC)
     assert out.shape == (2, 3, 3, 16, 16) and out.dtype == torch.uint8
-    window = torch.from_numpy(frames[:, 5:21, 7:23]).reshape(2, 3, 16, 16, 3).permute(0, 4, 1, 2, 3)
+    window = torch.from_numpy(frames[:, 6:22, 8:24]).reshape(2, 3, 16, 16, 3).permute(0, 4, 1, 2, 3)
     assert torch.equal(out, window)
-    mirrored = crop_clips(frames, CropPlan(40, 60, 5, 7, flip=True), SPEC)
+    mirrored = crop_clips(frames, CropPlan(40, 60, 6, 8, flip=True), SPEC)
     assert torch.equal(mirrored, window.flip(-1))
 
 
@@ -34,15 +34,20 @@ def test_separate_frames_and_one_array_give_the_same_crop():
 
 def test_the_box_is_where_the_crop_falls_in_the_resized_frame():
     # A 240x320 frame resized to 128x170: the 16-pixel square at (40, 100) covers
-    # source rows 75..105 and columns 188..218.
-    assert crop_box(CropPlan(128, 170, 40, 100, False), 240, 320, 16) == (75, 188, 105, 218)
-    # Boxes stay inside the frame and never empty.
+    # source rows 75..105 and columns 188..218, rounded to even pixels (whole 4:2:0 chroma blocks).
+    assert crop_box(CropPlan(128, 170, 40, 100, False), 240, 320, 16) == (76, 188, 104, 218)
+    # Boxes stay inside the frame (its even part) and never empty.
     assert crop_box(CropPlan(16, 16, 0, 0, False), 10, 10, 16) == (0, 0, 10, 10)
+    assert crop_box(CropPlan(16, 16, 0, 0, False), 11, 9, 16) == (0, 0, 10, 8)
+    assert crop_box(CropPlan(40, 60, 39, 59, False), 40, 60, 16) == (38, 58, 40, 60)
+    for top, left in [(5, 7), (3, 11), (0, 1)]:
+        box = crop_box(CropPlan(40, 60, top, left, False), 40, 60, 16)
+        assert all(v % 2 == 0 for v in box) and abs(box[0] - top) <= 1 and abs(box[1] - left) <= 1
     frame = np.zeros((1, 240, 320, 3), np.uint8)
     frame[0, 80:100, 190:210] = 255  # a bright patch inside that box
     squares = resize_box(gather_box(frame, CropPlan(128, 170, 40, 100, False), 16), 16)[0, ..., 0].float()
     rows, cols = torch.nonzero(squares > 128, as_tuple=True)
-    # Source rows 80..100 of the box 75..105 map to output rows 2.7..13.3; columns 190..210 of 188..218 to 1.1..11.7.
+    # Source rows 80..100 of the box 76..104 map to output rows 2.3..13.7; columns 190..210 of 188..218 to 1.1..11.7.
     assert abs(rows.float().mean() - 8.0) < 1 and abs(cols.float().mean() - 6.4) < 1
 
 

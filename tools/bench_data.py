@@ -11,7 +11,9 @@ Generates VP9/WebM videos with FLAC audio at each ``--size`` (cached in
   loader does on the CPU (``avbert.data.pixels``);
 - ``dali loader``: ``DaliLoader``, the full training batch;
 - ``pyav raw``, ``pyav +resize``, ``pyav loader``: the same three with PyAV, in
-  ``--threads`` worker processes.
+  ``--threads`` worker processes. The raw decoder converts whole frames to RGB (as
+  DALI's decoder delivers them); the loader, and so ``+resize``, converts and scales
+  only the crop box, in one swscale pass (``pyav_loader.scale_clips``).
 
 Each figure is the median over ``--repeats`` runs of ``--batches`` batches after
 ``--warmup`` batches: clips per second (wall clock) and CPU milliseconds per clip (this
@@ -201,15 +203,13 @@ class DecodePyAV(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, position):
-        from avbert.data.pixels import gather_box, resize_box
-        from avbert.data.pyav_loader import decode_audio, decode_frames
+        from avbert.data.pyav_loader import decode_audio, decode_frames, scale_clips
 
         record = self.records[position]
         clips, crop = plan_sample(SPEC, record, True, 0, 0).views[0]
-        frames = decode_frames(record.video, clips.frames, record.fps)
-        if self.resize:
-            resize_box(gather_box([frames[int(i)] for i in clips.frames.reshape(-1)], crop, SPEC.crop_size),
-                       SPEC.crop_size)
+        frames = decode_frames(record.video, clips.frames, record.fps, rgb_out=not self.resize)
+        if self.resize:  # as the loader: the crop box converted and scaled in one swscale pass
+            scale_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, SPEC)
         audio = decode_audio(record.audio, SPEC.sample_rate)
         return torch.tensor(len(frames) + audio.numel())
 

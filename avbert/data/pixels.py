@@ -1,8 +1,10 @@
 """The loaders' pixel work on the CPU: cut each clip's crop box out of the decoded
 frames, resize it, mirror it and lay it out as the suite's uint8 ``[T, 3, F, S, S]``.
 
-Both CPU paths (the PyAV loader, and the DALI loader without a GPU) call these
-functions, so the two give the same pixels from the same decoded frames. The resize is
+The DALI loader without a GPU calls these functions on its decoded RGB frames; the
+PyAV loader scales the same boxes in swscale's colour conversion instead, with the
+filter and the conversion DALI's decoder uses (``pyav_loader.scale_clips``), and the
+two agree within a fraction of a grey level. The resize here is
 torch's uint8 bilinear kernel with antialiasing (the filter widens with the downscale,
 as FFmpeg's and PIL's bilinear do): on a 240p source it costs about a third of DALI's
 CPU resize of the same box without antialiasing. Only the crop box is resized, never
@@ -20,15 +22,24 @@ import torch.nn.functional as F
 from avbert.data.clips import ClipSpec, CropPlan
 
 
+def _even(value: float) -> int:
+    return 2 * round(value / 2)
+
+
 def crop_box(crop: CropPlan, height: int, width: int, side: int) -> tuple[int, int, int, int]:
     """``(y0, x0, y1, x1)``: the source pixels (of a ``height x width`` frame) that the
     ``side`` square of ``crop`` covers once the frame is resized to ``crop.height x
-    crop.width``, rounded to whole pixels. Every loader resizes exactly this box."""
+    crop.width``, rounded to even pixels (within 1 source pixel of the plan), so that
+    the box holds whole 2x2 chroma blocks of a 4:2:0 frame: the PyAV loader scales it
+    straight from the decoded planes. Every loader resizes exactly this box."""
     scale_y, scale_x = height / crop.height, width / crop.width
-    y0 = min(max(round(crop.top * scale_y), 0), height - 1)
-    x0 = min(max(round(crop.left * scale_x), 0), width - 1)
-    y1 = min(max(round((crop.top + side) * scale_y), y0 + 1), height)
-    x1 = min(max(round((crop.left + side) * scale_x), x0 + 1), width)
+    if height < 2 or width < 2:
+        return 0, 0, height, width
+    even_height, even_width = height - height % 2, width - width % 2
+    y0 = min(max(_even(crop.top * scale_y), 0), even_height - 2)
+    x0 = min(max(_even(crop.left * scale_x), 0), even_width - 2)
+    y1 = min(max(_even((crop.top + side) * scale_y), y0 + 2), even_height)
+    x1 = min(max(_even((crop.left + side) * scale_x), x0 + 2), even_width)
     return y0, x0, y1, x1
 
 
@@ -56,7 +67,12 @@ def crop_clips(frames, crop: CropPlan, spec: ClipSpec) -> torch.Tensor:
     resize, on the smaller pixels: a mirrored gather of 3-byte pixels costs ten times a
     plain one). The result is a permuted view of ``[T, F, S, S, 3]`` memory, which
     ``stack_clips`` batches as it is."""
-    squares = resize_box(gather_box(frames, crop, spec.crop_size), spec.crop_size)
+    return clip_layout(resize_box(gather_box(frames, crop, spec.crop_size), spec.crop_size), crop, spec)
+
+
+def clip_layout(squares: torch.Tensor, crop: CropPlan, spec: ClipSpec) -> torch.Tensor:
+    """Resized crops uint8 ``[T * F, S, S, 3]`` -> ``[T, 3, F, S, S]`` (a permuted view),
+    mirrored when ``crop.flip``."""
     if crop.flip:
         squares = squares.flip(2)
     size = spec.crop_size

@@ -7,9 +7,10 @@ pixels ``[T, 3, F, H, W]`` (the model normalises them, on the training device),
 and ``index``; in test mode every field gains a leading view dimension ``V =
 test_views * test_crops`` (temporal view ``v // test_crops``, crop ``v % test_crops``).
 Audio-only manifests give no ``video``. Clip placement and augmentation come from
-``avbert.data.clips``, and the pixel work from ``avbert.data.pixels``, so this loader
-and the DALI loader cut the same clips from the same record, and on the CPU give the
-same pixels from the same decoded frames.
+``avbert.data.clips`` and the crop boxes from ``avbert.data.pixels``, so this loader
+and the DALI loader cut the same clips from the same record. Each crop box is converted
+and scaled in one swscale pass with the colour conversion of DALI's decoder
+(``scale_clips``): on the CPU the two loaders agree within a grey level.
 
 A record that cannot be used (see ``probe.Reason``) is replaced by the next usable record
 of the manifest, and counted: every sample carries ``skipped`` and
@@ -30,10 +31,10 @@ from av.video.reformatter import VideoReformatter
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from avbert.data.audio import clip_logmel, spec_augment
-from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
+from avbert.data.clips import ClipSpec, CropPlan, SamplePlan, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
-from avbert.data.pixels import crop_clips, stack_clips
-from avbert.data.probe import ProbeError, Reason, check_record, rgb
+from avbert.data.pixels import clip_layout, crop_box, crop_clips, stack_clips
+from avbert.data.probe import ProbeError, Reason, check_record, rgb, scaled_box
 from avbert.data.sampler import ResumableLoader, from_worker
 from avbert.data.sampler import collate as sampler_collate
 
@@ -52,7 +53,8 @@ def _runs(indices: list[int], gap: int) -> list[list[int]]:
     return runs
 
 
-def _decode_run(container, stream, run: list[int], fps: float, origin: int, seek: bool, budget: int) -> dict:
+def _decode_run(container, stream, run: list[int], fps: float, origin: int, seek: bool, budget: int,
+                rgb_out: bool) -> dict:
     """Frames of ``run`` (sorted indices), decoding at most ``budget`` frames."""
     wanted, got = set(run), {}
     reformatter = VideoReformatter()  # one colour-conversion context for every frame of the run
@@ -62,17 +64,18 @@ def _decode_run(container, stream, run: list[int], fps: float, origin: int, seek
     for frame in container.decode(stream):
         index = int(round(float((frame.pts - origin) * stream.time_base) * fps)) if frame.pts is not None else -1
         if index in wanted:
-            got[index] = rgb(reformatter, frame)
+            got[index] = rgb(reformatter, frame) if rgb_out else frame
         budget -= 1
         if index >= run[-1] or budget <= 0:
             break
     return got
 
 
-def decode_frames(path: str, indices, fps: float) -> dict[int, np.ndarray]:
-    """RGB frames (uint8 ``[H, W, 3]``, full size) by frame index, for every index in
-    ``indices``. Work is bounded: a stretch is decoded at most twice (after a seek, then from the
-    start when the seek landed late)."""
+def decode_frames(path: str, indices, fps: float, rgb_out: bool = True) -> dict:
+    """RGB frames (uint8 ``[H, W, 3]``, full size; the decoded ``av.VideoFrame``
+    without ``rgb_out``) by frame index, for every index in ``indices``. Work is
+    bounded: a stretch is decoded at most twice (after a seek, then from the start when
+    the seek landed late)."""
     needed = sorted(set(int(i) for i in np.asarray(indices).reshape(-1)))
     got: dict[int, np.ndarray] = {}
     with av.open(path, metadata_errors="ignore") as container:
@@ -82,11 +85,11 @@ def decode_frames(path: str, indices, fps: float) -> dict[int, np.ndarray]:
         gap = int(SEEK_GAP_SECONDS * fps)
         for n, run in enumerate(_runs(needed, gap)):
             budget = run[-1] - run[0] + int(10 * fps) + 64
-            got.update(_decode_run(container, stream, run, fps, origin, n > 0 or run[0] > gap, budget))
+            got.update(_decode_run(container, stream, run, fps, origin, n > 0 or run[0] > gap, budget, rgb_out))
         missing = [i for i in needed if i not in got]
         if missing:
             container.seek(origin, stream=stream, backward=True, any_frame=False)
-            got.update(_decode_run(container, stream, missing, fps, origin, False, missing[-1] + 64))
+            got.update(_decode_run(container, stream, missing, fps, origin, False, missing[-1] + 64, rgb_out))
     missing = [i for i in needed if i not in got]
     if missing:
         raise ProbeError(Reason.DECODE_ERROR, f"{path}: frames {missing[:4]} do not decode")
@@ -103,6 +106,19 @@ def _as_prepared(frames, sample_rate: int) -> Optional[np.ndarray]:
             return None
         chunks.append(frame.to_ndarray().reshape(-1))
     return np.concatenate(chunks).astype(np.float32) / 32768.0 if chunks else np.zeros(0, np.float32)
+
+
+def scale_clips(frames: list, crop: CropPlan, spec: ClipSpec) -> torch.Tensor:
+    """Decoded frames of one view (``T * F`` ``av.VideoFrame``) -> its crop, uint8
+    ``[T, 3, F, S, S]`` laid out as ``pixels.crop_clips`` lays it out: the crop box of
+    each 4:2:0 frame converted and scaled in one swscale pass (``probe.scaled_box``),
+    other layouts converted whole and cropped by ``pixels.crop_clips``."""
+    reformatter = VideoReformatter()
+    box = crop_box(crop, frames[0].height, frames[0].width, spec.crop_size)
+    squares = [scaled_box(reformatter, frame, box, spec.crop_size) for frame in frames]
+    if any(square is None for square in squares):
+        return crop_clips([rgb(reformatter, frame) for frame in frames], crop, spec)
+    return clip_layout(torch.from_numpy(np.stack(squares)), crop, spec)
 
 
 def decode_audio(path: Optional[str], sample_rate: int) -> torch.Tensor:
@@ -189,10 +205,10 @@ class ManifestDataset(Dataset):
         return self._logmel
 
     def _video(self, record: MediaRecord, plan: SamplePlan) -> torch.Tensor:
-        """``[V, T, 3, F, S, S]``: frames decoded once, then each view's crop box cut
-        out of them and resized (``avbert.data.pixels``)."""
-        frames = decode_frames(record.video, [clips.frames for clips, _ in plan.views], record.fps)
-        views = [crop_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, self.spec)
+        """``[V, T, 3, F, S, S]``: frames decoded once, then each view's crop box
+        scaled out of them (``scale_clips``)."""
+        frames = decode_frames(record.video, [clips.frames for clips, _ in plan.views], record.fps, rgb_out=False)
+        views = [scale_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, self.spec)
                  for clips, crop in plan.views]
         return views[0][None] if len(views) == 1 else stack_clips(views)
 
