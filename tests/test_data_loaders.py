@@ -16,8 +16,9 @@ from avbert.data.clips import ClipSpec, CropPlan
 from avbert.data.dali_loader import DaliLoader, choose_loader, gpu_count
 from avbert.data.manifest import Manifest, MediaRecord, load_manifest, write_manifest
 from avbert.data.pixels import crop_box, crop_clips
-from avbert.data.probe import ACCURATE, rgb, scaled_box
-from avbert.data.pyav_loader import ManifestDataset, PyAVEvalLoader, PyAVLoader, decode_frames, scale_clips
+from avbert.data.probe import rgb
+from avbert.data.pyav_loader import (ACCURATE, ManifestDataset, PyAVEvalLoader, PyAVLoader, decode_frames,
+                                     scale_clips, scaled_box)
 from avbert.data.synthetic import SyntheticSpec, alignment_probe, write_raw
 from test_data_media import prepared_manifest
 

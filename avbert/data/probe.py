@@ -25,7 +25,7 @@ from typing import Optional
 
 import av
 import numpy as np
-from av.video.reformatter import Interpolation, VideoReformatter
+from av.video.reformatter import VideoReformatter
 
 
 class Reason:
@@ -333,35 +333,6 @@ def rgb(reformatter: VideoReformatter, frame: av.VideoFrame) -> np.ndarray:
     30 us for converting a 320x240 frame in place (2-core Xeon VM). The pixels are the
     same; decoding already runs one thread per worker, and workers fill the cores."""
     return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
-
-
-ACCURATE = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
-"""swscale flags of the colour conversion DALI's CPU video decoder applies (full chroma
-interpolation, accurate rounding): PyAV's RGB of a VP9 frame converted with them equals
-DALI's bit for bit. On a whole frame they cost about six times the default conversion."""
-
-
-def scaled_box(reformatter: VideoReformatter, frame: av.VideoFrame, box: tuple[int, int, int, int],
-               side: int) -> Optional[np.ndarray]:
-    """uint8 ``[side, side, 3]``: the ``box`` (even ``y0, x0, y1, x1``) of a 4:2:0 frame
-    converted to RGB and scaled in one swscale pass, bilinear with ``ACCURATE``, read
-    from views of the decoded planes (no copy). None for other pixel layouts.
-
-    swscale's bilinear filter widens with the downscale, as torch's antialiased one
-    does: on 240p VP9 the result is within 0.2 grey levels on average of converting
-    the whole frame as DALI does and resizing the box with torch, at three quarters of
-    the cost of the default conversion plus that resize."""
-    if frame.format.name != "yuv420p":
-        return None
-    y0, x0, y1, x1 = box
-    views = []
-    for scale, plane in zip((1, 2, 2), frame.planes):
-        rows = np.frombuffer(plane, np.uint8, count=plane.line_size * plane.height)
-        views.append(rows.reshape(plane.height, plane.line_size)[y0 // scale:y1 // scale, x0 // scale:x1 // scale])
-    cut = av.VideoFrame.from_dlpack(views, format="yuv420p", width=x1 - x0, height=y1 - y0)
-    cut.colorspace, cut.color_range = frame.colorspace, frame.color_range
-    return reformatter.reformat(cut, width=side, height=side, format="rgb24", threads=1,
-                                interpolation=ACCURATE).to_ndarray()
 
 
 def _timed_frames(container, stream):

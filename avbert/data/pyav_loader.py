@@ -27,14 +27,14 @@ from typing import Callable, Optional, TypeVar
 import av
 import numpy as np
 import torch
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from avbert.data.audio import clip_logmel, spec_augment
 from avbert.data.clips import ClipSpec, CropPlan, SamplePlan, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
 from avbert.data.pixels import clip_layout, crop_box, crop_clips, stack_clips
-from avbert.data.probe import ProbeError, Reason, check_record, rgb, scaled_box
+from avbert.data.probe import ProbeError, Reason, check_record, rgb
 from avbert.data.sampler import ResumableLoader, from_worker
 from avbert.data.sampler import collate as sampler_collate
 
@@ -77,7 +77,7 @@ def decode_frames(path: str, indices, fps: float, rgb_out: bool = True) -> dict:
     bounded: a stretch is decoded at most twice (after a seek, then from the start when
     the seek landed late)."""
     needed = sorted(set(int(i) for i in np.asarray(indices).reshape(-1)))
-    got: dict[int, np.ndarray] = {}
+    got: dict = {}
     with av.open(path, metadata_errors="ignore") as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
@@ -108,10 +108,39 @@ def _as_prepared(frames, sample_rate: int) -> Optional[np.ndarray]:
     return np.concatenate(chunks).astype(np.float32) / 32768.0 if chunks else np.zeros(0, np.float32)
 
 
+ACCURATE = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+"""swscale flags of the colour conversion DALI's CPU video decoder applies (full chroma
+interpolation, accurate rounding): PyAV's RGB of a VP9 frame converted with them equals
+DALI's bit for bit. On a whole frame they cost about six times the default conversion."""
+
+
+def scaled_box(reformatter: VideoReformatter, frame: av.VideoFrame, box: tuple[int, int, int, int],
+               side: int) -> Optional[np.ndarray]:
+    """uint8 ``[side, side, 3]``: the ``box`` (even ``y0, x0, y1, x1``) of a 4:2:0 frame
+    converted to RGB and scaled in one swscale pass, bilinear with ``ACCURATE``, read
+    from views of the decoded planes (no copy). None for other pixel layouts.
+
+    swscale's bilinear filter widens with the downscale, as torch's antialiased one
+    does: on 240p VP9 the result is within 0.2 grey levels on average of converting
+    the whole frame as DALI does and resizing the box with torch, at three quarters of
+    the cost of the default conversion plus that resize."""
+    if frame.format.name != "yuv420p":
+        return None
+    y0, x0, y1, x1 = box
+    views = []
+    for scale, plane in zip((1, 2, 2), frame.planes):
+        rows = np.frombuffer(plane, np.uint8, count=plane.line_size * plane.height)
+        views.append(rows.reshape(plane.height, plane.line_size)[y0 // scale:y1 // scale, x0 // scale:x1 // scale])
+    cut = av.VideoFrame.from_dlpack(views, format="yuv420p", width=x1 - x0, height=y1 - y0)
+    cut.colorspace, cut.color_range = frame.colorspace, frame.color_range
+    return reformatter.reformat(cut, width=side, height=side, format="rgb24", threads=1,
+                                interpolation=ACCURATE).to_ndarray()
+
+
 def scale_clips(frames: list, crop: CropPlan, spec: ClipSpec) -> torch.Tensor:
     """Decoded frames of one view (``T * F`` ``av.VideoFrame``) -> its crop, uint8
     ``[T, 3, F, S, S]`` laid out as ``pixels.crop_clips`` lays it out: the crop box of
-    each 4:2:0 frame converted and scaled in one swscale pass (``probe.scaled_box``),
+    each 4:2:0 frame converted and scaled in one swscale pass (``scaled_box``),
     other layouts converted whole and cropped by ``pixels.crop_clips``."""
     reformatter = VideoReformatter()
     box = crop_box(crop, frames[0].height, frames[0].width, spec.crop_size)
