@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from avbert.launch.job import CellJob, StageInterrupted, read_journal
+from avbert.launch.job import CellJob, StageInterrupted, export_distributed_env, read_journal
 from avbert.launch.preemption import StopRequest, install_stop_request, is_time_limit
 from avbert.launch.profile import load_profile
 from avbert.launch.registry import expand
@@ -187,3 +189,27 @@ def test_readme_first_command_runs_the_smoke_experiment_locally(tmp_path):
     code_dir = index["launches"][0]["code_dir"]  # launched from the repository, run from the snapshot
     assert {json.loads((Path(c["run_dir"]) / "job.json").read_text())["starts"][0]["code_dir"]
             for c in index["cells"].values()} == {code_dir}
+
+
+@pytest.mark.parametrize("tasks", [1, 2])
+def test_a_single_task_job_rendezvouses_on_a_port_nothing_holds(monkeypatch, tasks):
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "5", "SLURM_NTASKS": str(tasks), "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "localhost",
+             "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS_PER_NODE": str(tasks)}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)  # the export sets them; undone after the test
+    job_port = random.Random("5").randint(20000, 60000)  # submitit's choice for job 5
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", job_port))
+        taken.listen()
+        export_distributed_env()
+        port = int(os.environ["MASTER_PORT"])
+        if tasks == 1:
+            assert port != job_port
+            with socket.socket() as store:
+                store.bind(("127.0.0.1", port))  # free for the rendezvous
+        else:
+            assert port == job_port  # several ranks must agree without talking: the job id decides
+    assert os.environ["WORLD_SIZE"] == str(tasks)

@@ -93,6 +93,14 @@ def export_distributed_env() -> None:
     submitting shell.
     """
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    if os.environ["WORLD_SIZE"] == "1":
+        # submitit derives the port from the job id, so that every rank agrees on it
+        # without talking; a job alone needs no agreement, and a port the kernel hands
+        # out cannot already be taken by another job's rendezvous or a client socket
+        # on a shared node.
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(sock.getsockname()[1])
 
 
 class CellJob(submitit.helpers.Checkpointable):
