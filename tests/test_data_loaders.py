@@ -4,21 +4,21 @@ sharding, and a position that survives a restart."""
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
 from nvidia.dali import fn, pipeline_def
 
 from avbert.data.clips import ClipSpec, CropPlan
 from avbert.data.dali_loader import DaliLoader, choose_loader, gpu_count
 from avbert.data.manifest import Manifest, MediaRecord, load_manifest, write_manifest
-from avbert.data.pixels import crop_box, crop_clips
+from avbert.data.pixels import crop_clips
 from avbert.data.probe import rgb
-from avbert.data.pyav_loader import (ACCURATE, ManifestDataset, PyAVEvalLoader, PyAVLoader, decode_frames,
-                                     scale_clips, scaled_box)
+from avbert.data.pyav_loader import ManifestDataset, PyAVEvalLoader, PyAVLoader, decode_frames
 from avbert.data.synthetic import SyntheticSpec, alignment_probe, write_raw
 from test_data_media import prepared_manifest
 
@@ -26,6 +26,8 @@ SPEC = ClipSpec(clips=3, clip_seconds=1.0, frames_per_clip=4, frame_stride=2, cr
                 short_side=(36, 44), n_mels=40, mel_frames=32, hop_length=256, n_fft=512,
                 spec_augment=0.1, test_views=2, test_crops=3)
 DB = 20.0  # normalised log-mel units are 20 dB
+DALI_CONVERSION = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+"""swscale flags of the colour conversion in DALI's CPU video decoder."""
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def _assert_same_contract(a: dict, b: dict):
     assert torch.equal(a["index"], b["index"])
     for video in (a["video"], b["video"]):  # batched as the crops are laid out (pixels.stack_clips)
         assert video.movedim(-4, -1).is_contiguous()
-    assert (a["video"].float() - b["video"].float()).abs().mean() < 3  # grey levels
+    assert (a["video"].float() - b["video"].float()).abs().mean() < 3  # grey levels (1.7 measured: colour conversion)
     assert (a["audio"] - b["audio"]).abs().mean() * DB < 0.5
 
 
@@ -62,7 +64,6 @@ def test_both_loaders_cut_the_same_training_clips(manifest):
         assert a["audio"].shape == (4, 3, 1, 40, 32) and a["valid"].shape == (4, 3)
         assert a["label"].dtype == torch.int64 and a["index"].dtype == torch.int64
         _assert_same_contract(a, b)
-        assert (a["video"].float() - b["video"].float()).abs().mean() < 1.5  # swscale converts as DALI does
         assert (a["audio"] == 0).any()  # SpecAugment masks, the same in both
 
 
@@ -172,7 +173,7 @@ def test_ranks_share_an_epoch_without_overlap(manifest):
     assert not torch.equal(orders[0], orders[1])
 
 
-def test_pyav_converts_as_dali_decodes_and_scales_the_box_as_torch_resizes(manifest):
+def test_pyav_crops_as_dali_crops_from_a_faster_colour_conversion(manifest):
     record = manifest.records[0]
     encoded = np.fromfile(record.video, np.uint8)
 
@@ -187,19 +188,23 @@ def test_pyav_converts_as_dali_decodes_and_scales_the_box_as_torch_resizes(manif
     dali = np.asarray(pipe.run()[0][0])
     reformatter = VideoReformatter()
     frames = [decode_frames(record.video, range(6), record.fps, rgb_out=False)[i] for i in range(6)]
-    converted = [reformatter.reformat(f, format="rgb24", threads=1, interpolation=ACCURATE).to_ndarray() for f in frames]
-    assert np.array_equal(np.stack(converted), dali)  # the flags of DALI's colour conversion
+    exact = [reformatter.reformat(f, format="rgb24", threads=1, interpolation=DALI_CONVERSION).to_ndarray()
+             for f in frames]
+    assert np.array_equal(np.stack(exact), dali)  # what DALI's CPU decoder does: swscale with these flags
+    fast = np.stack([rgb(reformatter, f) for f in frames])  # what the PyAV loader does
+    assert 0 < np.abs(fast.astype(int) - dali).mean() < 3
 
     spec = ClipSpec(clips=2, clip_seconds=1.0, frames_per_clip=3, frame_stride=1, crop_size=24, short_side=(36, 44))
+    convert = partial(rgb, reformatter)
     for crop in (CropPlan(40, 53, 6, 10, False), CropPlan(36, 48, 3, 11, True)):
-        scaled = scale_clips(frames, crop, spec)
-        assert scaled.shape == (2, 3, 3, 24, 24) and scaled.dtype == torch.uint8
+        cut = crop_clips(frames, crop, spec, convert)  # decoded frames, converted one by one
+        assert cut.shape == (2, 3, 3, 24, 24) and cut.dtype == torch.uint8
+        assert torch.equal(cut, crop_clips(fast, crop, spec))  # the same as converting them all first
         resized = crop_clips(list(dali), crop, spec)  # the DALI loader's CPU crop of the same frames
-        assert (scaled.float() - resized.float()).abs().mean() < 1.0
-        assert (scaled.float() - resized.flip(-1).float()).abs().mean() > 2.0  # a missed mirror would show
-    assert scaled_box(reformatter, frames[0].reformat(format="yuv444p"), crop_box(crop, 48, 64, 24), 24) is None
-    other = [f.reformat(format="yuv444p") for f in frames]  # not 4:2:0: converted whole, then cropped
-    assert torch.equal(scale_clips(other, crop, spec), crop_clips([rgb(reformatter, f) for f in other], crop, spec))
+        assert (cut.float() - resized.float()).abs().mean() < 3
+        assert (cut.float() - resized.flip(-1).float()).abs().mean() > 4.0  # a missed mirror would show
+    other = [f.reformat(format="yuv444p") for f in frames]  # any pixel format converts
+    assert crop_clips(other, crop, spec, convert).shape == (2, 3, 3, 24, 24)
 
 
 @pytest.mark.slow

@@ -12,8 +12,8 @@ Generates VP9/WebM videos with FLAC audio at each ``--size`` (cached in
 - ``dali loader``: ``DaliLoader``, the full training batch;
 - ``pyav raw``, ``pyav +resize``, ``pyav loader``: the same three with PyAV, in
   ``--threads`` worker processes. The raw decoder converts whole frames to RGB (as
-  DALI's decoder delivers them); the loader, and so ``+resize``, converts and scales
-  only the crop box, in one swscale pass (``pyav_loader.scale_clips``).
+  DALI's decoder delivers them); the loader, and so ``+resize``, copies each frame's
+  crop box out as it is converted and resizes the boxes (``pixels.crop_clips``).
 
 Each figure is the median over ``--repeats`` runs of ``--batches`` batches after
 ``--warmup`` batches: clips per second (wall clock) and CPU milliseconds per clip (this
@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from collections import deque
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -203,13 +204,19 @@ class DecodePyAV(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, position):
-        from avbert.data.pyav_loader import decode_audio, decode_frames, scale_clips
+        from av.video.reformatter import VideoReformatter
+
+        from avbert.data.pixels import crop_clips
+        from avbert.data.probe import rgb
+        from avbert.data.pyav_loader import decode_audio, decode_frames, torch_threads
 
         record = self.records[position]
         clips, crop = plan_sample(SPEC, record, True, 0, 0).views[0]
         frames = decode_frames(record.video, clips.frames, record.fps, rgb_out=not self.resize)
-        if self.resize:  # as the loader: the crop box converted and scaled in one swscale pass
-            scale_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, SPEC)
+        if self.resize:  # as the loader: each frame's box copied as it is converted, then resized
+            with torch_threads(1):
+                crop_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, SPEC,
+                           partial(rgb, VideoReformatter()))
         audio = decode_audio(record.audio, SPEC.sample_rate)
         return torch.tensor(len(frames) + audio.numel())
 

@@ -1,19 +1,20 @@
 """The loaders' pixel work on the CPU: cut each clip's crop box out of the decoded
 frames, resize it, mirror it and lay it out as the suite's uint8 ``[T, 3, F, S, S]``.
 
-The DALI loader without a GPU calls these functions on its decoded RGB frames; the
-PyAV loader scales the same boxes in swscale's colour conversion instead, with the
-filter and the conversion DALI's decoder uses (``pyav_loader.scale_clips``), and the
-two agree within a fraction of a grey level. The resize here is
-torch's uint8 bilinear kernel with antialiasing (the filter widens with the downscale,
-as FFmpeg's and PIL's bilinear do): on a 240p source it costs about a third of DALI's
-CPU resize of the same box without antialiasing. Only the crop box is resized, never
-the whole frame. PySlowFast resizes without antialiasing; at the 0.4-0.7 downscales
-from 240-360p sources to a 128-160 pixel short side that aliases fine texture, and
-torch's uint8 kernel is faster with antialiasing than without.
+Both CPU loaders call these functions: the DALI loader without a GPU on its decoded RGB
+frames, the PyAV loader on its decoded ``av.VideoFrame`` (``gather_box`` converts each
+to RGB and copies its box out while the frame is in cache). The resize here is torch's
+uint8 bilinear kernel with antialiasing (the filter widens with the downscale, as
+FFmpeg's and PIL's bilinear do): on a 240p source it costs about a third of DALI's CPU
+resize of the same box without antialiasing. Only the crop box is resized, never the
+whole frame. PySlowFast resizes without antialiasing; at the 0.4-0.7 downscales from
+240-360p sources to a 128-160 pixel short side that aliases fine texture, and torch's
+uint8 kernel is faster with antialiasing than without.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -43,15 +44,24 @@ def crop_box(crop: CropPlan, height: int, width: int, side: int) -> tuple[int, i
     return y0, x0, y1, x1
 
 
-def gather_box(frames, crop: CropPlan, side: int) -> torch.Tensor:
+def gather_box(frames, crop: CropPlan, side: int, convert: Optional[Callable] = None) -> torch.Tensor:
     """Decoded uint8 frames (``[N, H, W, 3]``, or a list of ``[H, W, 3]`` of one size)
     -> the ``crop_box`` of every frame as one contiguous uint8 ``[N, h, w, 3]``: the
-    only copy of source pixels."""
-    height, width = frames[0].shape[:2]
-    y0, x0, y1, x1 = crop_box(crop, height, width, side)
-    if isinstance(frames, list):
-        return torch.from_numpy(np.stack([frame[y0:y1, x0:x1] for frame in frames]))
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(frames)[:, y0:y1, x0:x1]))
+    only copy of source pixels. ``convert`` turns each item of the list into its ``[H,
+    W, 3]`` pixels first (a decoded ``av.VideoFrame`` into RGB), one frame at a time, so
+    that its box is copied while the converted frame is still in cache."""
+    if convert is None and not isinstance(frames, list):
+        frames = np.asarray(frames)
+        y0, x0, y1, x1 = crop_box(crop, frames.shape[1], frames.shape[2], side)
+        return torch.from_numpy(np.ascontiguousarray(frames[:, y0:y1, x0:x1]))
+    convert = convert or np.asarray
+    first = convert(frames[0])
+    y0, x0, y1, x1 = crop_box(crop, first.shape[0], first.shape[1], side)
+    boxes = np.empty((len(frames), y1 - y0, x1 - x0, 3), np.uint8)
+    boxes[0] = first[y0:y1, x0:x1]
+    for box, frame in zip(boxes[1:], frames[1:]):
+        box[...] = convert(frame)[y0:y1, x0:x1]
+    return torch.from_numpy(boxes)
 
 
 def resize_box(region: torch.Tensor, side: int) -> torch.Tensor:
@@ -61,13 +71,13 @@ def resize_box(region: torch.Tensor, side: int) -> torch.Tensor:
     return out.permute(0, 2, 3, 1)
 
 
-def crop_clips(frames, crop: CropPlan, spec: ClipSpec) -> torch.Tensor:
-    """Decoded uint8 frames of one view (``T * F`` of them, as ``gather_box`` takes them)
+def crop_clips(frames, crop: CropPlan, spec: ClipSpec, convert: Optional[Callable] = None) -> torch.Tensor:
+    """Decoded frames of one view (``T * F`` of them, as ``gather_box`` takes them)
     -> its crop, uint8 ``[T, 3, F, S, S]``, mirrored when ``crop.flip`` (after the
     resize, on the smaller pixels: a mirrored gather of 3-byte pixels costs ten times a
     plain one). The result is a permuted view of ``[T, F, S, S, 3]`` memory, which
     ``stack_clips`` batches as it is."""
-    return clip_layout(resize_box(gather_box(frames, crop, spec.crop_size), spec.crop_size), crop, spec)
+    return clip_layout(resize_box(gather_box(frames, crop, spec.crop_size, convert), spec.crop_size), crop, spec)
 
 
 def clip_layout(squares: torch.Tensor, crop: CropPlan, spec: ClipSpec) -> torch.Tensor:

@@ -8,9 +8,10 @@ and ``index``; in test mode every field gains a leading view dimension ``V =
 test_views * test_crops`` (temporal view ``v // test_crops``, crop ``v % test_crops``).
 Audio-only manifests give no ``video``. Clip placement and augmentation come from
 ``avbert.data.clips`` and the crop boxes from ``avbert.data.pixels``, so this loader
-and the DALI loader cut the same clips from the same record. Each crop box is converted
-and scaled in one swscale pass with the colour conversion of DALI's decoder
-(``scale_clips``): on the CPU the two loaders agree within a grey level.
+and the DALI loader cut the same clips from the same record, with the same resize.
+Frames are converted to RGB with swscale's fast (SIMD) conversion, not the exact one
+DALI's CPU decoder applies (bilinear chroma, accurate rounding: about 15 times the cost
+of a 240p frame): the two loaders' crops agree within 2 grey levels on average.
 
 A record that cannot be used (see ``probe.Reason``) is replaced by the next usable record
 of the manifest, and counted: every sample carries ``skipped`` and
@@ -22,18 +23,19 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 from contextlib import contextmanager
+from functools import partial
 from typing import Callable, Optional, TypeVar
 
 import av
 import numpy as np
 import torch
-from av.video.reformatter import Interpolation, VideoReformatter
+from av.video.reformatter import VideoReformatter
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from avbert.data.audio import clip_logmel, spec_augment
-from avbert.data.clips import ClipSpec, CropPlan, SamplePlan, TooShort, plan_sample
+from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
-from avbert.data.pixels import clip_layout, crop_box, crop_clips, stack_clips
+from avbert.data.pixels import crop_clips, stack_clips
 from avbert.data.probe import ProbeError, Reason, check_record, rgb
 from avbert.data.sampler import ResumableLoader, from_worker
 from avbert.data.sampler import collate as sampler_collate
@@ -106,48 +108,6 @@ def _as_prepared(frames, sample_rate: int) -> Optional[np.ndarray]:
             return None
         chunks.append(frame.to_ndarray().reshape(-1))
     return np.concatenate(chunks).astype(np.float32) / 32768.0 if chunks else np.zeros(0, np.float32)
-
-
-ACCURATE = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
-"""swscale flags of the colour conversion DALI's CPU video decoder applies (full chroma
-interpolation, accurate rounding): PyAV's RGB of a VP9 frame converted with them equals
-DALI's bit for bit. On a whole frame they cost about six times the default conversion."""
-
-
-def scaled_box(reformatter: VideoReformatter, frame: av.VideoFrame, box: tuple[int, int, int, int],
-               side: int) -> Optional[np.ndarray]:
-    """uint8 ``[side, side, 3]``: the ``box`` (even ``y0, x0, y1, x1``) of a 4:2:0 frame
-    converted to RGB and scaled in one swscale pass, bilinear with ``ACCURATE``, read
-    from views of the decoded planes (no copy). None for other pixel layouts.
-
-    swscale's bilinear filter widens with the downscale, as torch's antialiased one
-    does: on 240p VP9 the result is within 0.2 grey levels on average of converting
-    the whole frame as DALI does and resizing the box with torch, at three quarters of
-    the cost of the default conversion plus that resize."""
-    if frame.format.name != "yuv420p":
-        return None
-    y0, x0, y1, x1 = box
-    views = []
-    for scale, plane in zip((1, 2, 2), frame.planes):
-        rows = np.frombuffer(plane, np.uint8, count=plane.line_size * plane.height)
-        views.append(rows.reshape(plane.height, plane.line_size)[y0 // scale:y1 // scale, x0 // scale:x1 // scale])
-    cut = av.VideoFrame.from_dlpack(views, format="yuv420p", width=x1 - x0, height=y1 - y0)
-    cut.colorspace, cut.color_range = frame.colorspace, frame.color_range
-    return reformatter.reformat(cut, width=side, height=side, format="rgb24", threads=1,
-                                interpolation=ACCURATE).to_ndarray()
-
-
-def scale_clips(frames: list, crop: CropPlan, spec: ClipSpec) -> torch.Tensor:
-    """Decoded frames of one view (``T * F`` ``av.VideoFrame``) -> its crop, uint8
-    ``[T, 3, F, S, S]`` laid out as ``pixels.crop_clips`` lays it out: the crop box of
-    each 4:2:0 frame converted and scaled in one swscale pass (``scaled_box``),
-    other layouts converted whole and cropped by ``pixels.crop_clips``."""
-    reformatter = VideoReformatter()
-    box = crop_box(crop, frames[0].height, frames[0].width, spec.crop_size)
-    squares = [scaled_box(reformatter, frame, box, spec.crop_size) for frame in frames]
-    if any(square is None for square in squares):
-        return crop_clips([rgb(reformatter, frame) for frame in frames], crop, spec)
-    return clip_layout(torch.from_numpy(np.stack(squares)), crop, spec)
 
 
 def decode_audio(path: Optional[str], sample_rate: int) -> torch.Tensor:
@@ -234,10 +194,11 @@ class ManifestDataset(Dataset):
         return self._logmel
 
     def _video(self, record: MediaRecord, plan: SamplePlan) -> torch.Tensor:
-        """``[V, T, 3, F, S, S]``: frames decoded once, then each view's crop box
-        scaled out of them (``scale_clips``)."""
+        """``[V, T, 3, F, S, S]``: frames decoded once, then each view's crop cut from
+        them, every frame converted to RGB as its box is copied (``pixels.crop_clips``)."""
         frames = decode_frames(record.video, [clips.frames for clips, _ in plan.views], record.fps, rgb_out=False)
-        views = [scale_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, self.spec)
+        convert = partial(rgb, VideoReformatter())
+        views = [crop_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, self.spec, convert)
                  for clips, crop in plan.views]
         return views[0][None] if len(views) == 1 else stack_clips(views)
 
