@@ -32,6 +32,16 @@ def test_separate_frames_and_one_array_give_the_same_crop():
     assert torch.equal(crop_clips(list(frames), crop, SPEC), crop_clips(frames, crop, SPEC))
 
 
+def test_frames_cut_in_chunks_give_what_one_pass_gives():
+    spec = ClipSpec(clips=5, clip_seconds=1.0, frames_per_clip=4, frame_stride=1, crop_size=16, short_side=(24, 30))
+    frames = _frames(count=20)  # 20 = two whole CHUNKs and a part
+    crop = CropPlan(height=24, width=36, top=3, left=7, flip=True)
+    whole = resize_box(gather_box(frames, crop, 16), 16).flip(2).reshape(5, 4, 16, 16, 3).permute(0, 4, 1, 2, 3)
+    assert torch.equal(crop_clips(frames, crop, spec), whole)
+    planar = [np.ascontiguousarray(frame.transpose(2, 0, 1)) for frame in frames]  # converted per frame
+    assert torch.equal(crop_clips(planar, crop, spec, convert=lambda f: f.transpose(1, 2, 0)), whole)
+
+
 def test_the_box_is_where_the_crop_falls_in_the_resized_frame():
     # A 240x320 frame resized to 128x170: the 16-pixel square at (40, 100) covers
     # source rows 75..105 and columns 188..218, rounded to even pixels (whole 4:2:0 chroma blocks).
