@@ -1,6 +1,6 @@
 """Clips per second of the manifest loaders and of their raw decoders, side by side.
 
-    python tools/bench_data.py [--size 240 360] [--videos 24] [--batches 8] [--repeats 3] [--threads 2]
+    python tools/bench_data.py [--size 240 360] [--videos 24] [--batches 8] [--repeats 5] [--threads 2]
 
 Generates VP9/WebM videos with FLAC audio at each ``--size`` (cached in
 ``--media-dir``), prepares them into a manifest, and times on the same files:
@@ -15,11 +15,15 @@ Generates VP9/WebM videos with FLAC audio at each ``--size`` (cached in
   DALI's decoder delivers them); the loader, and so ``+resize``, copies each frame's
   crop box out as it is converted and resizes the boxes (``pixels.crop_clips``).
 
-Each figure is the median over ``--repeats`` runs of ``--batches`` batches after
-``--warmup`` batches: clips per second (wall clock) and CPU milliseconds per clip (this
-process, its threads and its worker processes; robust when other jobs share the
-machine). Prints a table and writes ``benchmarks/data.json`` with the machine.
-"""
+Each run is repeated ``--repeats`` times, interleaved (a round runs every one once), over
+``--batches`` batches after ``--warmup`` batches: clips per second (wall clock) and CPU
+milliseconds per clip (this process, its threads and its worker processes). A shared
+host disturbs them (a busy sibling hyperthread, evicted caches: the same work has been
+seen to vary by 20% from one run to the next), so the ratios to the raw decoder are
+taken within each round, between runs seconds apart, and the median over rounds is
+reported with its range; the absolute figures are medians, with the best and every
+repeat in the JSON. Prints a table and writes ``benchmarks/data.json`` with the machine
+and the CPU time the hypervisor gave other guests meanwhile."""
 
 from __future__ import annotations
 
@@ -57,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=8,
                         help="timed batches per repeat; with --warmup, at most one epoch (videos // batch-size)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (they fill the prefetch queues)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="interleaved rounds of every run")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="DALI threads and PyAV worker processes")
     parser.add_argument("--media-dir", default="/tmp/avbert-bench-media")
@@ -115,6 +120,13 @@ def make_manifest(args, size: int) -> Path:
                    fps, raw.sample_rate)
     prepare_dataset(Generic(folder / "root"), manifest, PrepareOptions(audio_dir=str(folder / "audio")), workers=0)
     return manifest
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave other guests, all cores (``/proc/stat``): when it
+    grows during the run, the figures are noisy."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
 def cpu_seconds() -> float:
@@ -280,41 +292,57 @@ def measure(manifest, args) -> dict[str, list[tuple[float, float]]]:
     return results
 
 
+def _paired(values: list[float], raws: list[float], invert: bool = False) -> dict:
+    """Round-by-round ratios of a run to its raw decoder (``raw / run`` with
+    ``invert``): their median and every one."""
+    ratios = [(raw / value) if invert else (value / raw) for value, raw in zip(values, raws)]
+    return {"median": statistics.median(ratios), "rounds": ratios}
+
+
 def report(results: dict[str, list[tuple[float, float]]], args, manifest, size: int) -> dict:
     """Print the table of one source size; its figures for the JSON report."""
     from rich.console import Console
     from rich.table import Table
 
-    rate = {name: statistics.median(r for r, _ in values) for name, values in results.items()}
-    cost = {name: statistics.median(c for _, c in values) for name, values in results.items()}
+    rates = {name: [r for r, _ in values] for name, values in results.items()}
+    costs = {name: [c for _, c in values] for name, values in results.items()}
+    raw_of = {name: name.split()[0] + " raw" for name in results}
+    speed = {name: _paired(rates[name], rates[raw_of[name]]) for name in results}
+    efficiency = {name: _paired(costs[name], costs[raw_of[name]], invert=True) for name in results}
     table = Table(title=f"{size}p sources: {SPEC.frames_per_clip} frames at stride {SPEC.frame_stride}, "
                         f"{SPEC.crop_size}px crops + log-mel, batch {args.batch_size} x {SPEC.clips} clips, "
-                        f"{args.threads} threads")
-    for column in ("run", "clips/s", "repeats", "vs raw", "CPU ms/clip", "raw CPU / this"):
-        table.add_column(column, justify="left" if column == "run" else "right")
-    for name, values in results.items():
-        raw = name.split()[0] + " raw"
-        table.add_row(name, f"{rate[name]:.1f}", " ".join(f"{r:.1f}" for r, _ in values),
-                      f"{rate[name] / rate[raw]:.2f}x", f"{cost[name]:.1f}", f"{cost[raw] / cost[name]:.2f}x")
-    Console().print(table)
+                        f"{args.threads} threads; medians over {args.repeats} rounds")
+    for column in ("run", "clips/s", "vs raw (range)", "CPU ms/clip", "raw CPU / this (range)"):
+        table.add_column(column, justify="left" if column == "run" else "right", no_wrap=True)
+
+    def ratio(paired: dict) -> str:
+        return f"{paired['median']:.2f}x ({min(paired['rounds']):.2f}-{max(paired['rounds']):.2f})"
+
+    for name in results:
+        table.add_row(name, f"{statistics.median(rates[name]):.1f}", ratio(speed[name]),
+                      f"{statistics.median(costs[name]):.1f}", ratio(efficiency[name]))
+    console = Console()
+    (console if console.is_terminal else Console(width=100)).print(table)
     return {"manifest": str(manifest),
-            "clips_per_s": {name: {"median": rate[name], "repeats": [r for r, _ in results[name]]} for name in results},
-            "cpu_ms_per_clip": {name: {"median": cost[name], "repeats": [c for _, c in results[name]]}
-                                for name in results},
-            "throughput_vs_raw": {name: rate[name] / rate[name.split()[0] + " raw"] for name in results},
-            "cpu_efficiency_vs_raw": {name: cost[name.split()[0] + " raw"] / cost[name] for name in results}}
+            "clips_per_s": {name: {"median": statistics.median(rates[name]), "best": max(rates[name]),
+                                   "repeats": rates[name]} for name in results},
+            "cpu_ms_per_clip": {name: {"median": statistics.median(costs[name]), "best": min(costs[name]),
+                                       "repeats": costs[name]} for name in results},
+            "throughput_vs_raw": speed, "cpu_efficiency_vs_raw": efficiency}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.warmup + args.batches > args.videos // args.batch_size:
         raise SystemExit("--warmup + --batches must fit in one epoch (videos // batch-size batches)")
+    steal = steal_seconds()
     out = {"machine": machine(), "load_average": {"start": os.getloadavg()},
            "settings": {**vars(args), "spec": vars(SPEC)}, "sizes": {}}
     for size in args.size:
         manifest = load_manifest(make_manifest(args, size))
         out["sizes"][f"{size}p"] = report(measure(manifest, args), args, manifest.path, size)
     out["load_average"]["end"] = os.getloadavg()
+    out["steal_seconds"] = steal_seconds() - steal
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"written: {args.out}")
