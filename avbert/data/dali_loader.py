@@ -17,8 +17,8 @@ plan's seed, exactly as the PyAV loader draws them, and applied inside the graph
 GPU all per-sample work happens in DALI, ahead of the training step (prefetch), and the
 training thread only copies the finished batch into torch. Without a GPU the loader's
 crop thread crops the decoded frames of the next batch while the caller works on this
-one (``avbert.data.pixels``): torch's uint8 resize costs a third of DALI's CPU resize,
-and the PyAV loader's swscale crops agree with it within a grey level.
+one (``avbert.data.pixels``, the PyAV loader's resize too): torch's uint8 resize costs a
+third of DALI's CPU resize.
 
 A record whose files fail the cheap checks (``probe.check_record``) or cannot be read is
 replaced by the next usable record while planning. When DALI fails on a batch, each of

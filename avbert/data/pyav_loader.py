@@ -10,8 +10,8 @@ Audio-only manifests give no ``video``. Clip placement and augmentation come fro
 ``avbert.data.clips`` and the crop boxes from ``avbert.data.pixels``, so this loader
 and the DALI loader cut the same clips from the same record, with the same resize.
 Frames are converted to RGB with swscale's fast (SIMD) conversion, not the exact one
-DALI's CPU decoder applies (bilinear chroma, accurate rounding: about 15 times the cost
-of a 240p frame): the two loaders' crops agree within 2 grey levels on average.
+DALI's CPU decoder applies (bilinear chroma, accurate rounding: 6 to 17 times the cost,
+by CPU): the two loaders' crops agree within 2 grey levels on average.
 
 A record that cannot be used (see ``probe.Reason``) is replaced by the next usable record
 of the manifest, and counted: every sample carries ``skipped`` and
