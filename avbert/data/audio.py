@@ -53,20 +53,12 @@ class LogMel(nn.Module):
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate, n_fft=n_fft, hop_length=self.hop_length,
             n_mels=n_mels, power=2.0, norm=None, mel_scale="htk")
-        self.mel.spectrogram.power = None  # complex STFT: ``power`` squares it (see there)
-
-    @staticmethod
-    def power(spectrum: torch.Tensor) -> torch.Tensor:
-        """``|X|^2`` of a complex spectrum as ``re^2 + im^2``: what torchaudio's
-        ``power=2`` computes as ``abs().pow(2)``, a quarter of its cost on the CPU (no
-        square root), equal to float rounding."""
-        return spectrum.real.square() + spectrum.imag.square()
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         if waveform.numel() == 0:  # an empty batch: torch.stft rejects zero-size inputs
             shape = (*waveform.shape[:-1], self.n_mels, self.num_frames(waveform.shape[-1]))
             return waveform.new_zeros(shape, dtype=torch.float32)
-        power = self.mel.mel_scale(self.power(self.mel.spectrogram(waveform.float())))
+        power = self.mel(waveform.float())
         return 10.0 * torch.log10(torch.clamp(power, min=AMIN))
 
     def num_frames(self, num_samples: int) -> int:
