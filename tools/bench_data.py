@@ -282,13 +282,21 @@ RUNS = {
 loader cannot skip); ``loader``: the whole training batch."""
 
 
-def measure(manifest, args) -> dict[str, list[tuple[float, float]]]:
+def measure(manifest, args, size: int) -> dict[str, list[tuple[float, float]]]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     clips = args.batch_size * SPEC.clips
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in RUNS}
     makers = {name: run(manifest, args) for name, run in RUNS.items()}
-    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every run alike
-        for name, make in makers.items():
-            results[name].append(timed(make, args.batches, clips, args.warmup))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"{size}p", total=args.repeats * len(makers))
+        for round_ in range(args.repeats):  # interleaved, so drifts in machine load hit every run alike
+            for name, make in makers.items():
+                progress.update(task, description=f"{size}p round {round_ + 1}/{args.repeats}: {name}")
+                results[name].append(timed(make, args.batches, clips, args.warmup))
+                progress.advance(task)
     return results
 
 
@@ -340,7 +348,7 @@ def main(argv=None) -> int:
            "settings": {**vars(args), "spec": vars(SPEC)}, "sizes": {}}
     for size in args.size:
         manifest = load_manifest(make_manifest(args, size))
-        out["sizes"][f"{size}p"] = report(measure(manifest, args), args, manifest.path, size)
+        out["sizes"][f"{size}p"] = report(measure(manifest, args, size), args, manifest.path, size)
     out["load_average"]["end"] = os.getloadavg()
     out["steal_seconds"] = steal_seconds() - steal
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
