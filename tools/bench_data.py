@@ -166,11 +166,11 @@ def timed(make_iterator, batches: int, clips_per_batch: int, warmup: int) -> tup
 def dali_decode(manifest, args, resize: bool):
     """Read bytes and decode the loader's frames and audio; with ``resize``, also cut
     and resize each clip's crop box as the loader does on the CPU (its unavoidable pixel
-    work, ``pixels.gather_box`` and ``resize_box``), and nothing else."""
+    work, ``pixels.crop_clips``), and nothing else."""
     from nvidia.dali import fn, pipeline_def, types
 
     from avbert.data.dali_loader import DaliLoader
-    from avbert.data.pixels import gather_box, resize_box
+    from avbert.data.pixels import crop_clips
     from avbert.data.pyav_loader import torch_threads
 
     planner = DaliLoader(manifest, SPEC, args.batch_size, seed=0)
@@ -199,8 +199,7 @@ def dali_decode(manifest, args, resize: bool):
             if resize:
                 with torch_threads(1):  # as the loader
                     for row, planned in enumerate(batch):
-                        region = gather_box(np.asarray(outputs[0][row]), planned.plan.views[0][1], SPEC.crop_size)
-                        resize_box(region, SPEC.crop_size)
+                        crop_clips(np.asarray(outputs[0][row]), planned.plan.views[0][1], SPEC)
             yield outputs
     return make
 
