@@ -102,7 +102,7 @@ def test_without_a_gpu_dali_crops_the_next_batch_in_its_crop_thread(manifest, mo
 
     threads, crop = [], dali_loader.crop_clips
     monkeypatch.setattr(dali_loader, "crop_clips",
-                        lambda *a: threads.append(threading.current_thread().name) or crop(*a))
+                        lambda *a, **k: threads.append(threading.current_thread().name) or crop(*a, **k))
     loader = DaliLoader(manifest, SPEC, 4, seed=7)
     state = loader.state_dict()
     expected = [next(loader) for _ in range(3)]

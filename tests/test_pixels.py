@@ -1,10 +1,11 @@
 """The CPU loaders' pixel work (avbert.data.pixels): crop box, resize, mirror, layout."""
 
 import numpy as np
+import pytest
 import torch
 
 from avbert.data.clips import ClipSpec, CropPlan
-from avbert.data.pixels import crop_box, crop_clips, gather_box, resize_box, stack_clips
+from avbert.data.pixels import batch_squares, clip_layout, crop_box, crop_clips, gather_box, resize_box, stack_clips
 from avbert.models.cnn import normalize_pixels
 
 SPEC = ClipSpec(clips=2, clip_seconds=1.0, frames_per_clip=3, frame_stride=1, crop_size=16,
@@ -88,3 +89,18 @@ def test_crops_batch_channels_last_and_the_model_gets_the_standard_layout():
     pixels = normalize_pixels(batch)
     assert pixels.is_contiguous() and pixels.dtype == torch.float32
     assert torch.allclose(pixels, normalize_pixels(batch.contiguous()))
+
+
+def test_crops_written_into_a_batch_are_the_stacked_crops_without_a_copy():
+    crops = [CropPlan(20, 30, 2, 9, flip=seed % 2 == 1) for seed in range(3)]
+    frames = [_frames(seed=seed) for seed in range(3)]
+    squares = batch_squares(3, SPEC)
+    placed = [crop_clips(f, c, SPEC, out=place) for f, c, place in zip(frames, crops, squares)]
+    assert all(p.data_ptr() == place.data_ptr() for p, place in zip(placed, squares))  # written in place
+    batch = clip_layout(squares, SPEC)
+    assert torch.equal(batch, stack_clips([crop_clips(f, c, SPEC) for f, c in zip(frames, crops)]))
+    assert _channels_last(batch) and batch.shape == (3, 2, 3, 3, 16, 16)
+    views = batch_squares(2, SPEC, 3)  # rows x views, as test mode batches them
+    assert clip_layout(views, SPEC).shape == (2, 3, 2, 3, 3, 16, 16)
+    with pytest.raises(ValueError, match="contiguous"):
+        crop_clips(frames[0], crops[0], SPEC, out=squares[:, :4])

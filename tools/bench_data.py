@@ -170,7 +170,7 @@ def dali_decode(manifest, args, resize: bool):
     from nvidia.dali import fn, pipeline_def, types
 
     from avbert.data.dali_loader import DaliLoader
-    from avbert.data.pixels import crop_clips
+    from avbert.data.pixels import batch_squares, crop_clips
     from avbert.data.pyav_loader import torch_threads
 
     planner = DaliLoader(manifest, SPEC, args.batch_size, seed=0)
@@ -197,9 +197,10 @@ def dali_decode(manifest, args, resize: bool):
         while True:
             outputs, batch = pipe.run(), state["planned"].popleft()
             if resize:
-                with torch_threads(1):  # as the loader
+                with torch_threads(1):  # as the loader: each row cropped into its place in one batch
+                    squares = batch_squares(len(batch), SPEC)
                     for row, planned in enumerate(batch):
-                        crop_clips(np.asarray(outputs[0][row]), planned.plan.views[0][1], SPEC)
+                        crop_clips(np.asarray(outputs[0][row]), planned.plan.views[0][1], SPEC, out=squares[row])
             yield outputs
     return make
 

@@ -44,7 +44,7 @@ from nvidia.dali import fn, pipeline_def, types
 from avbert.data.audio import LOGMEL_MEAN, LOGMEL_STD, SILENCE_DB, spec_augment
 from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
-from avbert.data.pixels import crop_box, crop_clips, stack_clips
+from avbert.data.pixels import batch_squares, clip_layout, crop_box, crop_clips
 from avbert.data.probe import ProbeError, Reason, check_record, read_bytes, silent_flac
 from avbert.data.pyav_loader import first_usable, label_of, skip_counts, torch_threads
 from avbert.data.sampler import epoch_order, rank_shard
@@ -353,16 +353,19 @@ class DaliLoader:
     def _crop(self, decoded, planned: list[Planned]) -> torch.Tensor:
         """CPU rows of decoded frames -> ``[rows, (C,) T, 3, F, S, S]``: every crop of
         every row cut, resized and mirrored by ``pixels.crop_clips`` (a view of DALI's
-        buffer is read, not copied), batched channels-last (``pixels.stack_clips``). Runs
-        in the crop thread (``_fetch``)."""
-        rows, temporal = [], len(decoded) // len(planned)
+        buffer is read, not copied) straight into its place in the batch, laid out
+        channels-last as ``pixels.stack_clips`` lays it out. Runs in the crop thread
+        (``_fetch``)."""
+        temporal = len(decoded) // len(planned)
+        squares = batch_squares(len(decoded), self.spec, *(() if self.crops == 1 else (self.crops,)))
+        places = squares.view(len(decoded), self.crops, *squares.shape[-4:])
         for row in range(len(decoded)):
             frames = np.asarray(decoded[row])
             views = planned[row // temporal].plan.views
             first = (row % temporal) * self.crops
-            crops = [crop_clips(frames, crop, self.spec) for _, crop in views[first:first + self.crops]]
-            rows.append(crops[0] if self.crops == 1 else stack_clips(crops))
-        return stack_clips(rows)
+            for place, (_, crop) in zip(places[row], views[first:first + self.crops]):
+                crop_clips(frames, crop, self.spec, out=place)
+        return clip_layout(squares, self.spec)
 
     def _count(self, planned: list[Planned]) -> None:
         for planned_sample in planned:

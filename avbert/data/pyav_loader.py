@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_in
 from avbert.data.audio import clip_logmel, spec_augment
 from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
-from avbert.data.pixels import crop_clips, stack_clips
+from avbert.data.pixels import batch_squares, clip_layout, crop_clips, stack_clips
 from avbert.data.probe import ProbeError, Reason, check_record, rgb
 from avbert.data.sampler import ResumableLoader, from_worker
 from avbert.data.sampler import collate as sampler_collate
@@ -198,9 +198,10 @@ class ManifestDataset(Dataset):
         them, every frame converted to RGB as its box is copied (``pixels.crop_clips``)."""
         frames = decode_frames(record.video, [clips.frames for clips, _ in plan.views], record.fps, rgb_out=False)
         convert = partial(rgb, VideoReformatter())
-        views = [crop_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, self.spec, convert)
-                 for clips, crop in plan.views]
-        return views[0][None] if len(views) == 1 else stack_clips(views)
+        squares = batch_squares(len(plan.views), self.spec)  # each view cropped straight into its place
+        for place, (clips, crop) in zip(squares, plan.views):
+            crop_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, self.spec, convert, out=place)
+        return clip_layout(squares, self.spec)
 
     def _audio(self, record: MediaRecord, plan: SamplePlan) -> torch.Tensor:
         """``[V, T, 1, n_mels, mel_frames]``, one patch per clip of every view."""
