@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchaudio
 
-from avbert.data.audio import (LogMel, SILENCE_DB, clip_logmel, normalize_logmel,
+from avbert.data.audio import (LogMel, SILENCE_DB, clip_logmel, clip_windows, normalize_logmel,
                                spec_augment)
 from avbert.data.synthetic import (SyntheticAVDataset, SyntheticSpec, alignment_probe,
                                    class_chains, generate_video, write_media, write_raw)
@@ -152,6 +152,15 @@ def test_logmel_is_torchaudio_power_mel_in_decibels():
     assert torch.allclose(logmel(wave), reference, atol=1e-4)
     assert logmel(wave).shape == (2, 80, logmel.num_frames(16000)) == (2, 80, 101)
     assert logmel(torch.zeros(400)).min() == SILENCE_DB
+
+
+def test_clip_windows_are_the_clips_samples_with_silence_outside_the_recording():
+    wave = torch.arange(1, 2 * 50 + 1, dtype=torch.float32).reshape(2, 50)  # two recordings of 50 samples
+    windows = clip_windows(wave, 10, [-0.2, 1.0, 4.5], 1.0)  # 10 samples a clip at 10 Hz
+    assert windows.shape == (2, 3, 10)
+    assert torch.equal(windows[0, 0], torch.tensor([0.0, 0.0] + list(range(1, 9)), dtype=torch.float32))
+    assert torch.equal(windows[1, 1], wave[1, 10:20])
+    assert torch.equal(windows[0, 2], torch.tensor(list(range(46, 51)) + [0.0] * 5, dtype=torch.float32))
 
 
 def test_clip_logmel_crops_and_pads_to_mel_frames():
