@@ -84,8 +84,6 @@ def test_crops_batch_channels_last_and_the_model_gets_the_standard_layout():
     assert _channels_last(batch) and not batch.is_contiguous()
     views = stack_clips([batch, batch.flip(0)])  # a view dimension more, as in test mode
     assert torch.equal(views, torch.stack([batch, batch.flip(0)])) and _channels_last(views)
-    shared = stack_clips(crops, shared=True)
-    assert shared.is_shared() and torch.equal(shared, batch) and _channels_last(shared)
     pixels = normalize_pixels(batch)
     assert pixels.is_contiguous() and pixels.dtype == torch.float32
     assert torch.allclose(pixels, normalize_pixels(batch.contiguous()))

@@ -113,7 +113,7 @@ def batch_squares(rows: int, spec: ClipSpec, *views: int) -> torch.Tensor:
     return torch.empty(rows, *views, spec.clips * spec.frames_per_clip, side, side, 3, dtype=torch.uint8)
 
 
-def stack_clips(clips: list[torch.Tensor], shared: bool = False) -> torch.Tensor:
+def stack_clips(clips: list[torch.Tensor], stack: Callable = torch.stack):
     """``torch.stack`` of crops ``[..., 3, F, S, S]`` laid out channels-last (as
     ``crop_clips`` makes them), keeping that layout: the copy is a plain one, where a
     stack in the logical order would interleave the channels apart (a transposing copy
@@ -121,12 +121,8 @@ def stack_clips(clips: list[torch.Tensor], shared: bool = False) -> torch.Tensor
     ``[N, ..., F, S, S, 3]`` memory; the model's ``normalize_pixels`` makes it
     contiguous in the float conversion it does anyway, on the training device.
 
-    ``shared``: in shared memory, as ``torch.utils.data.default_collate`` allocates its
-    batches in a DataLoader worker (the batch then reaches the training process without
-    a copy, strides included)."""
+    ``stack``: what stacks the channels-last crops (``handover.stack`` in a DataLoader
+    worker, which writes them into shared memory that reaches the training process
+    without a copy; its result need only have ``movedim``)."""
     inner = [clip.movedim(-4, -1) for clip in clips]  # views of the channels-last memory
-    out = None
-    if shared:
-        storage = inner[0]._typed_storage()._new_shared(len(inner) * inner[0].numel(), device=inner[0].device)
-        out = inner[0].new(storage).resize_(len(inner), *inner[0].shape)
-    return torch.stack(inner, out=out).movedim(-1, -4)
+    return stack(inner).movedim(-1, -4)

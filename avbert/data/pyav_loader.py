@@ -30,8 +30,9 @@ import av
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
-from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from avbert.data import handover
 from avbert.data.audio import clip_logmel, spec_augment
 from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
@@ -251,15 +252,16 @@ def _collate_large(samples: list[dict]) -> dict:
     if "video" not in samples[0]:
         return default_collate(samples)
     batch = default_collate([{key: value for key, value in s.items() if key != "video"} for s in samples])
-    batch["video"] = stack_clips([s["video"] for s in samples], shared=get_worker_info() is not None)
+    batch["video"] = stack_clips([s["video"] for s in samples], stack=handover.stack)
     return batch
 
 
 def collate(samples: list[dict]) -> dict:
     """``sampler.collate`` (small fields inline from a worker), with video batched
-    channels-last as the crops are laid out (``pixels.stack_clips``, in shared memory in
-    a worker as ``default_collate`` would): one plain copy of the crops, not a
-    transposing one."""
+    channels-last as the crops are laid out (``pixels.stack_clips``): one plain copy of
+    the crops, not a transposing one, in a worker straight into one of its reused
+    shared-memory slots (``avbert.data.handover``; ``sampler.from_worker`` reads it
+    there)."""
     return sampler_collate(samples, _collate_large)
 
 

@@ -66,10 +66,14 @@ def collate(samples: list, collate_large: Callable = default_collate):
 
 
 def from_worker(batch):
-    """A batch from ``collate``, with its inline numpy fields as tensors again."""
+    """A batch from ``collate``, with its inline numpy fields as tensors again, and
+    tensors left in a worker's shared-memory slot (``avbert.data.handover``) read there."""
+    from avbert.data import handover
+
     if not isinstance(batch, dict):
         return batch
-    return {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value for key, value in batch.items()}
+    return {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+            for key, value in handover.receive_all(batch).items()}
 
 
 def epoch_order(num_items: int, epoch: int, seed: int, shuffle: bool = True) -> torch.Tensor:
