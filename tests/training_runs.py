@@ -15,9 +15,14 @@ SYNTHETIC = [
     "model.preset=tiny", "data.preset=tiny", "data.synthetic.num_videos=1280", "data.batch_size=32",
     "train.precision=fp32", "train.zero_stage=0", "optim.weight_decay=0.01",
 ]
+# CPP weighs twice each MEP term and the cosine schedule ends at a quarter of the peak
+# rate. With weight 1 and a floor of lr / 20, CPP levels off near the 80% the learning
+# test asks (80-87% by host; 70% on an AVX-512 EPYC VM, still rising as the rate
+# vanished). These settings end at 85-87% over three seeds on that host, with every MEP
+# term and the probe gain no lower (tests/test_learning_signal.py).
 PRETRAIN = SYNTHETIC + [
-    "objective.sampler=current_sequence", "train.steps=1600", "train.log_every=25", "train.checkpoint_every=1600",
-    "optim.lr=0.002", "optim.min_lr=0.0001", "optim.warmup_steps=40",
+    "objective.sampler=current_sequence", "objective.weights.cpp=2", "train.steps=1600", "train.log_every=25",
+    "train.checkpoint_every=1600", "optim.lr=0.002", "optim.min_lr=0.0005", "optim.warmup_steps=40",
 ]
 
 
