@@ -12,9 +12,9 @@ encode events the sampler favours exactly those (40% of its visual and 64%
 of its audio sampling mass on this run's tokens), so MEP penalises encoding
 the event. Under ``cans_similar`` the tokens instead cluster by video
 (background and hum: 35% / 50% of the mass on the query's own video). That
-run, at these settings, ends with CPP at 52%, and a classifier fine-tuned
-from it (as in test_downstream.py) scores 22% on the val split, below the 33%
-of the same fine-tuning from random weights (chance is 25%).
+run (with CPP weighed as each MEP term) ended with CPP at 52%, and a classifier
+fine-tuned from it (as in test_downstream.py) scored 22% on the val split, below
+the 33% of the same fine-tuning from random weights (chance is 25%).
 """
 
 from __future__ import annotations
