@@ -84,7 +84,7 @@ def crop_clips(frames, crop: CropPlan, spec: ClipSpec, convert: Optional[Callabl
     plain one). ``CHUNK`` frames at a time, each chunk resized (and mirrored) straight
     into its place. The result is a permuted view of ``[T, F, S, S, 3]`` memory: of
     ``out`` when given (a contiguous uint8 ``[T * F, S, S, 3]``, such as one row of a
-    batch: ``batch_layout``), which ``stack_clips`` batches as it is."""
+    batch: ``batch_squares``), which ``stack_clips`` batches as it is."""
     side = spec.crop_size
     squares = torch.empty(len(frames), side, side, 3, dtype=torch.uint8) if out is None else out
     if squares.shape != (len(frames), side, side, 3) or not squares.is_contiguous():

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
+from avbert.data import handover
+
 SKIPPED_PREFIX = "skipped"
 INLINE_BYTES = 1 << 16
 """A batch field of at most this many bytes leaves a worker inline (see ``collate``).
@@ -68,8 +70,6 @@ def collate(samples: list, collate_large: Callable = default_collate):
 def from_worker(batch):
     """A batch from ``collate``, with its inline numpy fields as tensors again, and
     tensors left in a worker's shared-memory slot (``avbert.data.handover``) read there."""
-    from avbert.data import handover
-
     if not isinstance(batch, dict):
         return batch
     return {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
