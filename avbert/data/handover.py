@@ -221,11 +221,3 @@ def receive(moved: SlotTensor) -> torch.Tensor:
     del data
     return flat.view(moved.dtype).as_strided(moved.shape, moved.stride)
 
-
-def receive_all(batch):
-    """``batch`` with every ``SlotTensor`` in it (a dict's values) turned into its tensor."""
-    if isinstance(batch, SlotTensor):
-        return receive(batch)
-    if isinstance(batch, dict):
-        return {key: receive(value) if isinstance(value, SlotTensor) else value for key, value in batch.items()}
-    return batch

@@ -72,8 +72,9 @@ def from_worker(batch):
     tensors left in a worker's shared-memory slot (``avbert.data.handover``) read there."""
     if not isinstance(batch, dict):
         return batch
-    return {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
-            for key, value in handover.receive_all(batch).items()}
+    return {key: handover.receive(value) if isinstance(value, handover.SlotTensor)
+            else torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+            for key, value in batch.items()}
 
 
 def epoch_order(num_items: int, epoch: int, seed: int, shuffle: bool = True) -> torch.Tensor:
