@@ -43,8 +43,38 @@ from avbert.data.audio import LogMel, clip_logmel
 GOLDEN = (5 ** 0.5 - 1) / 2
 
 
+class VideoGrid:
+    """Clip geometry and the train/val split of a synthetic world's spec (a dataclass
+    with ``clips``, ``frames_per_clip``, ``fps``, ``sample_rate``, ``num_videos`` and
+    ``holdout_every``): a video is ``clips`` consecutive clips of ``frames_per_clip``
+    frames, and every ``holdout_every``-th video is held out."""
+
+    @property
+    def clip_duration(self) -> float:
+        return self.frames_per_clip / self.fps
+
+    @property
+    def num_frames(self) -> int:
+        return self.clips * self.frames_per_clip
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_duration * self.sample_rate))
+
+    def split_of(self, index: int) -> str:
+        """Every ``holdout_every``-th video (index % n == n - 1) is "val", the rest "train"."""
+        return "val" if index % self.holdout_every == self.holdout_every - 1 else "train"
+
+    def indices(self, split: str | None = None) -> list[int]:
+        return [i for i in range(self.num_videos) if split in (None, self.split_of(i))]
+
+
 @dataclass(frozen=True)
-class SyntheticSpec:
+class SyntheticSpec(VideoGrid):
     """Size and difficulty of a synthetic dataset; the defaults make the tiny one.
 
     A video is ``clips`` x ``frames_per_clip`` frames of ``frame_size``^2 at ``fps`` (2 s
@@ -80,35 +110,12 @@ class SyntheticSpec:
             raise ValueError("frame_size must be even (yuv420p)")
 
     @property
-    def clip_duration(self) -> float:
-        return self.frames_per_clip / self.fps
-
-    @property
-    def num_frames(self) -> int:
-        return self.clips * self.frames_per_clip
-
-    @property
-    def duration(self) -> float:
-        return self.num_frames / self.fps
-
-    @property
-    def clip_samples(self) -> int:
-        return int(round(self.clip_duration * self.sample_rate))
-
-    @property
     def hop_length(self) -> int:
         """Largest hop that still yields at least ``mel_frames`` frames per clip."""
         return max(1, self.clip_samples // self.mel_frames)
 
     def clip_starts(self) -> np.ndarray:
         return np.arange(self.clips) * self.clip_duration
-
-    def split_of(self, index: int) -> str:
-        """Every ``holdout_every``-th video (index % n == n - 1) is "val", the rest "train"."""
-        return "val" if index % self.holdout_every == self.holdout_every - 1 else "train"
-
-    def indices(self, split: str | None = None) -> list[int]:
-        return [i for i in range(self.num_videos) if split in (None, self.split_of(i))]
 
     def logmel(self) -> LogMel:
         return LogMel(self.sample_rate, self.n_fft, self.hop_length, self.n_mels)

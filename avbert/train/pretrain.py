@@ -59,14 +59,36 @@ def run_pretrain(cfg: Config, should_checkpoint_and_exit: Optional[Callable[[], 
     return run_training(cfg, module, loader, env, pretrain_export(cfg), should_checkpoint_and_exit)
 
 
-def load_exported_model(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Rebuild the AVBERT model of an ``export/model.pt`` from the file alone."""
-    from avbert.models import AVBert
-
+def _read_export(path: str | Path, map_location: str | torch.device) -> dict:
     payload = torch.load(path, map_location=map_location, weights_only=True)
     if payload.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{path} is not an AVBERT export (format {payload.get('format')!r})")
+    return payload
+
+
+def _model_from(payload: dict, path: str | Path):
+    from avbert.models import AVBert
+
     model_cfg = config_from_dict({"model": payload["model_config"]}, source=str(path)).model
     model = AVBert(model_cfg)
     model.load_state_dict(payload["model"])
     return model
+
+
+def load_exported_model(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the AVBERT model of an ``export/model.pt`` from the file alone."""
+    return _model_from(_read_export(path, map_location), path)
+
+
+def load_exported_pretrainer(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the model with its pretraining heads (mask embeddings, MEP scorers, CPP
+    head, sampler and draw state) from an ``export/model.pt``: what
+    ``avbert.objectives.evaluation.evaluate_pretraining`` scores on held-out data."""
+    from avbert.objectives import AVBertPretrainer
+
+    payload = _read_export(path, map_location)
+    cfg = config_from_dict(payload["config"], source=str(path))
+    pretrainer = AVBertPretrainer(_model_from(payload, path), cfg.objective)
+    pretrainer.load_state_dict({**{MODEL_PREFIX + k: v for k, v in payload["model"].items()},
+                                **payload["pretraining_heads"]})
+    return pretrainer
