@@ -2,9 +2,11 @@
 
 ``fx_sharing`` has a cell in every state: pending (``none``), done (``xl``,
 resumed once, two ranks), failed (``xl-all``), preempted with a half-written
-metrics line (``xl-part``), and a run the experiment file no longer produces
-(``old-variant``). ``fx_downstream`` has UCF101 over three splits (two done,
-one running), Charades (mAP) and ESC-50 (never submitted).
+metrics line (``xl-part``), a linear probe from scratch (``scratch``, done) and
+a run the experiment file no longer produces (``old-variant``); its rows
+evaluate the 4-class synthetic set, its file gives the paper's numbers by
+variant all the same. ``fx_downstream`` has UCF101 over three splits (two
+done, one running), Charades (mAP) and ESC-50 (never submitted).
 
 The expected tables are in tests/fixtures/runs/expected/; after a deliberate
 change of the layout, rewrite them with ``AVBERT_UPDATE_GOLDEN=1 pytest
@@ -63,6 +65,7 @@ def test_every_cell_has_a_row_with_its_state(collected):
         ("xl", "synthetic_eval"): "done",
         ("xl-all", "synthetic_eval"): "failed",
         ("xl-part", "synthetic_eval"): "preempted",
+        ("scratch", "synthetic_eval"): "done",
         ("old-variant", "pretrain"): "done",
     }
     assert sharing[("xl-part", "synthetic_eval")]["detail"] == "pretrain 60/100"
@@ -74,17 +77,22 @@ def test_every_cell_has_a_row_with_its_state(collected):
     }
 
 
-def test_numbers_next_to_the_paper(collected):
+def test_numbers_and_cost_of_a_row(collected):
     tables, _ = collected
     xl = rows_by(tables["fx_sharing"], "variant")[("xl",)]
-    assert (xl["top1"], xl["paper_top1"]) == (62.5, 65.7)
-    assert xl["delta_top1"] == pytest.approx(62.5 - 65.7)
-    assert (xl["xl"], xl["xt"], xl["paper_params_m"]) == ("yes", "no", 21.0)
+    assert (xl["top1"], xl["xl"], xl["xt"]) == (62.5, "yes", "no")
     # (1200 s + 900 s of a resumed pretraining) x 2 ranks + 120 s of linear evaluation
     assert xl["hours"] == pytest.approx((2100 * 2 + 120) / 3600)
     assert xl["clips_per_s"] == pytest.approx(115.0)  # median of the pretraining's intervals
     assert xl["peak_mem_gb"] == pytest.approx(3.0)
+
+
+def test_numbers_next_to_the_paper(collected):
+    tables, _ = collected
     downstream = rows_by(tables["fx_downstream"], "stage", "split")
+    split1 = downstream[("ucf101-1", "1")]
+    assert (split1["top1"], split1["paper_top1"]) == (80.0, 85.2)
+    assert split1["delta_top1"] == pytest.approx(80.0 - 85.2)
     mean = downstream[("ucf101", "mean")]
     assert (mean["top1"], mean["paper_top1"], mean["detail"]) == (81.0, 85.2, "2/3 splits")
     assert mean["hours"] == pytest.approx((200 + 360 + 360 + 180) / 3600)  # the pretraining counted once
@@ -122,7 +130,7 @@ def test_csv_has_a_header_and_one_line_per_row(collected):
     assert lines[0].split(",")[:3] == ["variant", "stage", "protocol"]
     assert len(lines) == 1 + len(tables["fx_sharing"].rows)
     data = json.loads((out / "fx_sharing" / "table.json").read_text())
-    assert [row["variant"] for row in data["rows"]] == ["none", "xl", "xl-all", "xl-part", "old-variant"]
+    assert [row["variant"] for row in data["rows"]] == ["none", "xl", "xl-all", "xl-part", "scratch", "old-variant"]
 
 
 def test_terminal_table_shows_ours_beside_the_paper(collected):
@@ -130,16 +138,22 @@ def test_terminal_table_shows_ours_beside_the_paper(collected):
 
     tables, _ = collected
     console = Console(record=True, width=250)
+    print_table(tables["fx_downstream"], console)
     print_table(tables["fx_sharing"], console)
     text = console.export_text()
-    assert "62.5 / 65.7 (-3.2)" in text and "preempted: pretrain 60/100" in text
+    assert "80.0 / 85.2 (-5.2)" in text and "preempted: pretrain 60/100" in text
 
 
 def test_an_experiment_that_never_ran_lists_every_cell_as_missing(tmp_path):
     tables = collect([str(ROOT / "experiments" / "smoke.yaml")], tmp_path / "runs", None)
     rows = tables["smoke"].rows
     assert [(r["variant"], r["stage"], r["state"], r["detail"]) for r in rows] == [
-        ("xl", "synthetic_eval", "missing", "pretrain"), ("xl-part", "synthetic_eval", "missing", "pretrain")]
+        ("xl", "synthetic_eval", "missing", "pretrain"), ("xl-part", "synthetic_eval", "missing", "pretrain"),
+        ("scratch", "synthetic_eval", "missing", "synthetic_eval")]
+    # what the table leaves out or adds is known before anything ran: from the cells' configs
+    keys = [column.key for column in tables["smoke"].columns]
+    assert "chance_top1" in keys and "top5" not in keys and not [k for k in keys if k.startswith("paper_")]
+    assert [r["chance_top1"] for r in rows] == [25.0, 25.0, 25.0]
 
 
 def test_command_line_writes_the_formats_asked(tmp_path, capsys):

@@ -22,7 +22,7 @@ def tiny_batch(batch: int = 3, clips: int = 4) -> dict:
 
 
 @pytest.mark.parametrize("fusion", ["early", "mid", "late"])
-@pytest.mark.parametrize("feature", ["visual", "audio", "multimodal"])
+@pytest.mark.parametrize("feature", ["visual", "audio", "multimodal", "multimodal_context"])
 def test_feature_has_the_announced_width(fusion, feature):
     torch.manual_seed(0)
     model = AVBert(replace(ModelConfig.tiny(), fusion=fusion)).eval()
@@ -92,3 +92,17 @@ def test_synthetic_test_views_layout():
     torch.testing.assert_close(item["video"][1], full[0:4])  # view 0, centre crop: the frames as they are
     torch.testing.assert_close(item["video"][4], full[1:5])  # view 1 starts one clip later
     assert not torch.equal(item["video"][0], item["video"][1])  # left crop is shifted
+
+
+def test_context_feature_is_the_summary_beside_the_mean_of_valid_clip_outputs():
+    torch.manual_seed(0)
+    model = AVBert(ModelConfig.tiny()).eval()
+    batch = tiny_batch()
+    batch["valid"][0, 2:] = False  # the first video has two clips
+    with torch.no_grad():
+        out = model(batch["video"], batch["audio"], batch["valid"])
+        feature = extract_feature(model, batch, "multimodal_context")
+    t, width = batch["valid"].shape[1], model.width
+    torch.testing.assert_close(feature[:, :2 * width], out.summary())
+    first = torch.cat([out.multimodal_hidden[0, 1:3], out.multimodal_hidden[0, 2 + t:4 + t]]).mean(0)
+    torch.testing.assert_close(feature[0, 2 * width:], first)

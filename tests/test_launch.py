@@ -165,18 +165,18 @@ def test_relaunch_skips_queued_and_completed_and_retries_failed_only_when_asked(
     runs = launch_dir / "runs"
     argv = [str(EXPERIMENTS / "smoke.yaml"), "--runs-dir", str(runs)]
     assert launcher.main(argv) == 0
-    assert len(list(fake_slurm.glob("sbatch_*.sh"))) == 3  # pretraining array + two linear probes
+    assert len(list(fake_slurm.glob("sbatch_*.sh"))) == 4  # pretraining array, the probe from scratch, two probes
     index = read_index(runs / "smoke")
     ids = {name: cell["job_id"] for name, cell in index["cells"].items()}
     states = {ids["smoke/xl/pretrain"]: "RUNNING", ids["smoke/xl-part/pretrain"]: "FAILED",
               ids["smoke/xl/synthetic_eval"]: "PENDING", ids["smoke/xl-part/synthetic_eval"]: "CANCELLED"}
     (fake_slurm / "states").write_text("".join(f"{j}|{s}\n" for j, s in states.items()))
     assert launcher.main(argv) == 0
-    assert len(list(fake_slurm.glob("sbatch_*.sh"))) == 3  # nothing new
+    assert len(list(fake_slurm.glob("sbatch_*.sh"))) == 4  # nothing new
     assert read_index(runs / "smoke")["cells"]["smoke/xl-part/pretrain"]["state"] == "FAILED"
 
     assert launcher.main([*argv, "--retry-failed"]) == 0
-    new = sorted(fake_slurm.glob("sbatch_*.sh"))[3:]
+    new = sorted(fake_slurm.glob("sbatch_*.sh"))[4:]
     assert len(new) == 2  # the failed pretraining, and its probe waiting for the new job
     index = read_index(runs / "smoke")
     retried = index["cells"]["smoke/xl-part/pretrain"]
@@ -190,7 +190,7 @@ def test_dry_run_writes_and_submits_nothing(fake_slurm, launch_dir, capsys):
     assert launcher.main([str(EXPERIMENTS / "smoke.yaml"), "--dry-run", "--runs-dir", str(runs)]) == 0
     assert not runs.exists() and not list(fake_slurm.glob("sbatch_*.sh"))
     out = capsys.readouterr().out
-    assert "submitting to Slurm" in out and "xl-part/synthetic_eval" in out and "4 of 4 cells to submit" in out
+    assert "submitting to Slurm" in out and "xl-part/synthetic_eval" in out and "5 of 5 cells to submit" in out
 
 
 def test_without_sbatch_it_says_it_runs_locally(tmp_path, monkeypatch, capsys):
@@ -235,7 +235,8 @@ def test_cells_sharing_resources_go_out_as_one_array(tmp_path):
     plan = make_plan(smoke_cells(tmp_path), {})
     groups = slurm_groups(plan)
     assert [[p.cell.name for p in g] for g in groups] == [
-        ["smoke/xl/pretrain", "smoke/xl-part/pretrain"], ["smoke/xl/synthetic_eval"], ["smoke/xl-part/synthetic_eval"]]
+        ["smoke/xl/pretrain", "smoke/xl-part/pretrain"], ["smoke/scratch/synthetic_eval"],  # waiting for nothing
+        ["smoke/xl/synthetic_eval"], ["smoke/xl-part/synthetic_eval"]]
     assert array_name([p.cell for p in groups[0]]) == "smoke:[xl,xl-part]:pretrain"
 
 

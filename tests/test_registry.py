@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -87,11 +88,25 @@ def test_ablations_evaluate_on_kinetics_sounds_at_paper_scale_and_synthetic_at_t
 
 def test_downstream_stages_start_from_their_pretraining_export():
     for cell in cells_of("smoke", "tiny", Path("/RUNS")):
-        if cell.kind == "pretrain":
+        if cell.kind == "pretrain" or cell.variant == "scratch":
             assert cell.config.downstream.pretrained is None and cell.upstream is None
         else:
             assert cell.upstream == f"smoke/{cell.variant}/pretrain"
             assert cell.config.downstream.pretrained == f"/RUNS/smoke/{cell.variant}/pretrain/export/model.pt"
+
+
+def test_a_from_scratch_variant_runs_the_downstream_stages_alone_with_their_settings():
+    cells = {c.name: c for c in cells_of("smoke", "tiny", Path("/RUNS"))}
+    assert list(cells) == ["smoke/xl/pretrain", "smoke/xl/synthetic_eval", "smoke/xl-part/pretrain",
+                           "smoke/xl-part/synthetic_eval", "smoke/scratch/synthetic_eval"]
+    scratch, probe = cells["smoke/scratch/synthetic_eval"], cells["smoke/xl-part/synthetic_eval"]
+    assert (scratch.kind, scratch.after, scratch.upstream, scratch.config.downstream.pretrained) == (
+        "linear", None, None, None)
+    assert scratch.resources == probe.resources and scratch.stage_key == "synthetic_eval"
+    # the same probe: only the name, the run directory and the weights differ
+    cfg = probe.config
+    assert replace(scratch.config, name=cfg.name, train=replace(scratch.config.train, run_dir=cfg.train.run_dir),
+                   downstream=replace(scratch.config.downstream, pretrained=cfg.downstream.pretrained)) == cfg
 
 
 def test_downstream_experiment_covers_splits_folds_and_both_protocols(manifests):
@@ -129,6 +144,7 @@ def test_only_selects_by_cell_variant_stage_or_glob():
     cells = cells_of("smoke", "tiny")
     assert [c.name for c in select(cells, ["xl-part"], "cli")] == ["smoke/xl-part/pretrain", "smoke/xl-part/synthetic_eval"]
     assert [c.name for c in select(cells, ["*/pretrain"], "cli")] == ["smoke/xl/pretrain", "smoke/xl-part/pretrain"]
+    assert [c.name for c in select(cells, ["scratch"], "cli")] == ["smoke/scratch/synthetic_eval"]
     assert [c.name for c in select(cells, ["smoke/xl/synthetic_eval"], "cli")] == ["smoke/xl/synthetic_eval"]
     with pytest.raises(ConfigError, match="matches no cell"):
         select(cells, ["xl-prt"], "cli")
@@ -182,6 +198,8 @@ BROKEN = {  # file -> the key path the error must name
     "bad_resources_key": "scales.tiny.stages.pretrain.resources.gpus",
     "bad_stage_kind": "stages.eval.kind",
     "bad_config_in_scale": "scales.tiny.config.data.preset",
+    "from_scratch_named_like_a_variant": "grid.from_scratch.xl",
+    "from_scratch_without_downstream": "grid.from_scratch.scratch",
 }
 BROKEN_PROFILES = {
     "unknown_key": "gpus",

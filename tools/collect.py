@@ -1,4 +1,5 @@
-"""The paper's tables from the run directories, with the paper's numbers beside ours.
+"""The paper's tables from the run directories, with the paper's numbers beside ours (on the
+tasks the paper reports; not on the synthetic set) and chance beside top-1.
 
     python tools/collect.py                          # every experiment under runs/
     python tools/collect.py sharing negative_sampling --runs-dir runs --out reports

@@ -15,8 +15,16 @@ Every resolved config goes through the strict config loader; an error names
 the experiment file and the key path *in the experiment file* that set the
 offending value (``grid.variants.xl.model.sharing.layers``). Expansion order is
 deterministic: variants (then axis values) in file order, stages in
-dependency order. Cells are named ``<experiment>/<variant>/<stage>`` and run in
+dependency order, then the ``grid.from_scratch`` variants. Cells are named
+``<experiment>/<variant>/<stage>`` and run in
 ``<runs_dir>/<experiment>/<variant>/<stage>/``.
+
+A from-scratch variant (``grid.from_scratch.<name>``, dotted keys like a grid
+variant, in place of layer 3) runs every downstream stage with its own settings
+but no ``after``: no pretraining cell, no ``downstream.pretrained``, so the
+downstream stage starts from a randomly initialised model. It is not crossed
+with ``grid.axes``: without pretraining, axes over the pretraining (the
+sampler, the objective) would give identical cells.
 """
 
 from __future__ import annotations
@@ -194,32 +202,50 @@ def expand(exp: Experiment, scale: str, profile: Profile, runs_dir: str | Path, 
                           exp.source, "scales")
     root = Path(runs_dir).expanduser().resolve() / exp.name
     scale_layer = Layer(f"scales.{scale}.config", exp.spec.scales[scale].config, exp.source)
+    stages = _stage_order(exp, scale)
     cells = []
     for variant_name, variant, chosen in expand_grid(exp.spec.grid):
         head = [_base_layer(exp), scale_layer, *_grid_layers(exp, variant, chosen)]
-        for stage in _stage_order(exp, scale):
-            for suffix, stage_chosen in expand_axes(exp.spec.stages[stage].axes):
-                stage_name = f"{stage}-{suffix}" if suffix else stage
-                layers = head + _stage_layers(exp, scale, stage, stage_chosen)
-                cells.append(_make_cell(exp, scale, profile, root, variant_name, stage, stage_name, layers,
-                                        git_commit, check_files))
+        for stage in stages:
+            cells += _stage_cells(exp, scale, profile, root, variant_name, stage, head, git_commit, check_files)
+    for name, keys in exp.spec.grid.from_scratch.items():
+        label = f"grid.from_scratch.{name}"
+        head = [_base_layer(exp), scale_layer, Layer(label, nest(keys, exp.source, label), exp.source)]
+        for stage in (s for s in stages if exp.spec.stages[s].kind != "pretrain"):
+            cells += _stage_cells(exp, scale, profile, root, name, stage, head, git_commit, check_files,
+                                  from_scratch=True)
+    return cells
+
+
+def _stage_cells(exp: Experiment, scale: str, profile: Profile, root: Path, variant: str, stage: str,
+                 head: list[Layer], git_commit: Optional[str], check_files: bool,
+                 from_scratch: bool = False) -> list[Cell]:
+    """The cells of one stage of one variant: one per combination of the stage's axes."""
+    cells = []
+    for suffix, stage_chosen in expand_axes(exp.spec.stages[stage].axes):
+        stage_name = f"{stage}-{suffix}" if suffix else stage
+        layers = head + _stage_layers(exp, scale, stage, stage_chosen)
+        cells.append(_make_cell(exp, scale, profile, root, variant, stage, stage_name, layers, git_commit,
+                                check_files, from_scratch))
     return cells
 
 
 def _make_cell(exp: Experiment, scale: str, profile: Profile, root: Path, variant: str, stage: str,
-               stage_name: str, layers: list[Layer], git_commit: Optional[str], check_files: bool) -> Cell:
+               stage_name: str, layers: list[Layer], git_commit: Optional[str], check_files: bool,
+               from_scratch: bool = False) -> Cell:
     spec = exp.spec.stages[stage]
+    after = None if from_scratch else spec.after
     run_dir = root / variant / stage_name
     owned: dict = {"name": f"{exp.name}/{variant}/{stage_name}", "stage": spec.kind, "git_commit": git_commit,
                    "train": {"run_dir": str(run_dir)}}
-    if spec.after is not None and spec.kind != "pretrain":
-        owned["downstream"] = {"pretrained": str(root / variant / spec.after / "export" / "model.pt")}
+    if after is not None and spec.kind != "pretrain":
+        owned["downstream"] = {"pretrained": str(root / variant / after / "export" / "model.pt")}
     cfg = resolve_config(layers, owned)
     if check_files:
         cfg = check_manifest(cfg, layers)
     key = f"scales.{scale}.stages.{stage}.resources"
     resources = resolve_resources(exp.spec.scales[scale].stages[stage].resources, profile, exp.source, key)
-    return Cell(exp.name, variant, stage_name, spec.kind, spec.after, cfg, resources, run_dir, stage)
+    return Cell(exp.name, variant, stage_name, spec.kind, after, cfg, resources, run_dir, stage)
 
 
 def select(cells: list[Cell], patterns: list[str], source: str) -> list[Cell]:

@@ -11,6 +11,8 @@ scales it runs at, and how its results table is laid out::
         xl: {model.sharing.layers: cross_layer, model.sharing.modalities: none}
       axes:                           # and/or cartesian axes: key -> [values] or {label: value}
         objective.sampler: [current_sequence, cans_similar]
+      from_scratch:                   # variants without pretraining: the downstream stages only,
+        scratch: {model.sharing.modalities: lowrank}  # from random weights, once (not crossed with axes)
     stages:
       pretrain: {kind: pretrain}
       kinetics_sounds: {kind: finetune, after: pretrain, config: {downstream: {task: kinetics_sounds}}}
@@ -75,8 +77,12 @@ class StageSpec:
 
 @dataclass
 class GridSpec:
+    """Named variants and/or axes, every stage for each; ``from_scratch`` variants run only the
+    downstream stages, on a randomly initialised model: the baseline pretraining has to beat."""
+
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     axes: dict[str, Any] = field(default_factory=dict)
+    from_scratch: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,7 +100,9 @@ class ReportSpec:
     """How the results tool lays out this experiment's table.
 
     ``reference`` is keyed by variant; in the ``downstream`` layout, whose rows
-    are downstream tasks, it is keyed by stage (ucf101, esc50, ...).
+    are downstream tasks, it is keyed by stage (ucf101, esc50, ...). The tables
+    show it only beside rows of a task the paper reports, never the synthetic
+    set (``avbert.results.tables.row_reference``).
     """
 
     layout: Literal["sharing", "negative_sampling", "fusion", "downstream"] = "sharing"
@@ -198,6 +206,7 @@ def check_structure(spec: ExperimentSpec, source: str) -> None:
     _check_scales(spec, source)
     _check_stages(spec, source)
     _check_grid(spec.grid, source)
+    _check_from_scratch(spec, source)
     _check_report(spec, source)
 
 
@@ -311,11 +320,25 @@ def _check_grid(grid: GridSpec, source: str) -> None:
         seen.add(name)
 
 
+def _check_from_scratch(spec: ExperimentSpec, source: str) -> None:
+    """A from-scratch variant has a name no grid cell has, and downstream stages to run."""
+    grid_names = {name for name, _, _ in expand_grid(spec.grid)}
+    downstream = [name for name, stage in spec.stages.items() if stage.kind != "pretrain"]
+    for name in spec.grid.from_scratch:
+        key = f"grid.from_scratch.{name}"
+        _check_name(name, source, key)
+        if name in grid_names:
+            raise ConfigError(f"'{name}' is also a grid variant; give the from-scratch variant its own name",
+                              source, key)
+        if not downstream:
+            raise ConfigError("no downstream (finetune or linear) stage to run from scratch", source, key)
+
+
 def _check_report(spec: ExperimentSpec, source: str) -> None:
     if spec.report.layout == "downstream":
         rows, what = [*spec.stages, *DOWNSTREAM_TASKS], "stage or downstream task"
     else:
-        rows, what = [name for name, _, _ in expand_grid(spec.grid)], "variant"
+        rows, what = [*(name for name, _, _ in expand_grid(spec.grid)), *spec.grid.from_scratch], "variant"
     for row in spec.report.reference:
         if row not in rows:
             raise ConfigError(f"unknown {what}; {_closest(row, rows)}", source, f"report.reference.{row}")

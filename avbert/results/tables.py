@@ -19,10 +19,18 @@ Layouts (columns besides variant, stage, protocol, state and cost):
 
 Each metric has the paper's number beside it (the experiment's
 ``report.reference``: by variant, or by stage in the downstream layout) and
-the difference, ours minus paper, in points. Cost: hours (GPU-hours, or
-CPU-hours for CPU runs) summed over the row's stages, clips per second of the
-row's first stage that logged any (the pretraining), peak memory over the
+the difference, ours minus paper, in points, but only on rows whose
+downstream task is one the paper reports (``PAPER_TASKS``; never the
+synthetic set); the paper columns are left out of a table where no row has
+one. Top-1 has chance beside it (100 / the number of classes of the row's
+evaluation set); top-5 is left out of a table whose evaluated sets all have
+5 classes or fewer, where it is 100 whatever the model. Cost: hours (GPU-hours,
+or CPU-hours for CPU runs) summed over the row's stages, clips per second of
+the row's first stage that logged any (the pretraining), peak memory over the
 row's stages.
+
+A row of a from-scratch variant (``grid.from_scratch``) is its downstream cell
+alone: no pretraining in its chain, its weights ``scratch``.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ METHOD_LABELS = {"current_sequence": "Current-Sequence", "current_minibatch": "C
 DATASET_LABELS = {"ucf101": "UCF101", "esc50": "ESC-50", "kinetics_sounds": "Kinetics-Sounds",
                   "charades": "Charades", "synthetic": "synthetic"}
 METRICS = {"top1": "top-1", "top5": "top-5", "map": "mAP"}
+PAPER_TASKS = ("ucf101", "esc50", "kinetics_sounds", "charades")  # the downstream sets the paper reports
+TOP5_MAX_TRIVIAL = 5  # with this many classes or fewer, every prediction's top 5 holds the label
 
 
 @dataclass(frozen=True)
@@ -66,11 +76,14 @@ class Table:
 
 
 def metric_columns(names: tuple[str, ...]) -> list[Column]:
+    """Each metric, the paper's and the difference; top-1 then chance."""
     columns = []
     for name in names:
         label = METRICS[name]
         columns += [Column(name, label, "f1"), Column(f"paper_{name}", f"paper {label}", "f1"),
                     Column(f"delta_{name}", f"Δ {label}", "delta")]
+        if name == "top1":
+            columns.append(Column("chance_top1", "chance top-1", "f1"))
     return columns
 
 
@@ -137,6 +150,45 @@ def row_cost(runs: list[StageRun]) -> dict:
             "peak_mem_gb": max(peaks) if peaks else None, "_runs": runs}
 
 
+def row_task(row: RowRuns) -> Optional[str]:
+    """The downstream task an evaluated row reports (its evaluation's, else its config's); None otherwise."""
+    if row.spec.evaluated is None:
+        return None
+    return row.evaluation.get("task") or section(row.last_config, "downstream", "task")
+
+
+def row_classes(row: RowRuns) -> tuple[Optional[int], bool]:
+    """(classes, multi-label) of an evaluated row's set: what its evaluation recorded, else what its
+    config trains on (``downstream.num_classes``, else the synthetic set's count when the data is
+    synthetic); (None, False) when unknown, e.g. a manifest's set before it has run."""
+    if row.spec.evaluated is None:
+        return None, False
+    if row.evaluation.get("num_classes"):
+        return int(row.evaluation["num_classes"]), bool(row.evaluation.get("multilabel"))
+    config = row.last_config
+    classes = section(config, "downstream", "num_classes")
+    if not classes and section(config, "data", "source") == "synthetic":
+        classes = section(config, "data", "synthetic", "num_classes")
+    return (int(classes) if classes else None), False
+
+
+def chance_top1(classes: Optional[int], multilabel: bool) -> Optional[float]:
+    """Top-1 (%) of a guess that ignores the input; none for multi-label sets (reported by mAP)."""
+    return 100.0 / classes if classes and not multilabel else None
+
+
+def row_reference(spec: ExperimentReport, row: RowRuns) -> dict:
+    """The paper's numbers of a row, only when its downstream task is one the paper reports.
+
+    A reference beside a synthetic row would compare our model on a 4-class toy set with the
+    paper's on Kinetics-Sounds: the gap says nothing. It is not shown rather than refused when
+    the file is read, because references are keyed by variant and one experiment file evaluates
+    the same variant on a paper task at the paper scale and on the synthetic set at the tiny
+    scale (``sharing_ablation``): the reference is right for the one and left out of the other.
+    """
+    return spec.reference_for(row.spec) if row_task(row) in PAPER_TASKS else {}
+
+
 def add_reference(row: dict, reference: dict) -> None:
     """Paper numbers beside ours, and ours minus paper."""
     for name in METRICS:
@@ -169,7 +221,11 @@ def metrics_row(spec: ExperimentReport, row: RowRuns, params_of: Callable) -> di
     metrics = row.evaluation.get("metrics") or {}
     for name in METRICS:
         out[name] = float(metrics[name]) if metrics.get(name) is not None else None
-    add_reference(out, spec.reference_for(row.spec))
+    classes, multilabel = row_classes(row)
+    if classes is not None and classes <= TOP5_MAX_TRIVIAL:  # 100 whatever the model
+        out["top5"] = None
+    out.update(chance_top1=chance_top1(classes, multilabel), _classes=classes, _evaluated=cell is not None)
+    add_reference(out, row_reference(spec, row))
     out.update(row_cost(row.runs))
     model = model_config(row) or {}
     out["params_m"] = params_of(model) if model else None
@@ -216,7 +272,11 @@ def mean_row(group: list[dict]) -> dict:
     """
     done = [row for row in group if row["state"] == "done"]
     row = {key: group[0].get(key) for key in ("variant", "protocol", "dataset", "feature", "pretrained", "views",
-                                              "xl", "xt", "fusion", "method", "params_m", "paper_params_m")}
+                                              "xl", "xt", "fusion", "method", "params_m", "paper_params_m",
+                                              "_evaluated")}
+    for key in ("chance_top1", "_classes"):  # the splits' where they agree (a split not yet run has none)
+        values = {r[key] for r in group if r[key] is not None}
+        row[key] = values.pop() if len(values) == 1 else None
     row.update(stage=group[0]["_group"], split="mean", detail=f"{len(done)}/{len(group)} splits",
                state="done" if len(done) == len(group) else "partial")
     means = mean_over_splits({r["stage"]: {n: r[n] for n in METRICS if r[n] is not None} for r in done})
@@ -257,8 +317,10 @@ def hours_header(runs: list[StageRun]) -> str:
     return "device-hours"
 
 
+PAPER_NOTE = "paper: Lee et al., ICLR 2021 (AVBERT); Δ = ours - paper, in points."
+CHANCE_NOTE = ("chance top-1: 100 / the number of classes of the row's evaluation set, what a model that "
+               "learned nothing scores.")
 NOTES = [
-    "paper: Lee et al., ICLR 2021 (AVBERT); Δ = ours - paper, in points.",
     "hours: wall time x ranks summed over the row's stages; clips/s: median over the log intervals of the "
     "row's first stage (the pretraining); peak mem: largest over the row's stages (GPU allocated memory, or "
     "peak resident set on CPU).",
@@ -283,6 +345,30 @@ def build_table(spec: ExperimentReport, runs: dict[tuple[str, str], StageRun], p
         rows.append(values)
     if spec.layout == "downstream":
         rows = with_split_means(rows)
-    columns = LAYOUT_COLUMNS[spec.layout] + cost_columns(hours_header(list(runs.values())))
+    columns = shown_columns(LAYOUT_COLUMNS[spec.layout], rows) + cost_columns(hours_header(list(runs.values())))
+    keys = {column.key for column in columns}
+    notes = [note for key, note in (("paper_top1", PAPER_NOTE), ("chance_top1", CHANCE_NOTE)) if key in keys]
     rows = [{column.key: row.get(column.key) for column in columns} for row in rows]
-    return Table(spec.name, spec.title, spec.layout, columns, rows, list(NOTES))
+    return Table(spec.name, spec.title, spec.layout, columns, rows, notes + NOTES)
+
+
+def top5_trivial(rows: list[dict]) -> bool:
+    """Whether every evaluated row's set is known to have too few classes for top-5 to tell anything."""
+    evaluated = [row for row in rows if row.get("_evaluated")]
+    return bool(evaluated) and all(row["_classes"] is not None and row["_classes"] <= TOP5_MAX_TRIVIAL
+                                   for row in evaluated)
+
+
+def shown_columns(columns: list[Column], rows: list[dict]) -> list[Column]:
+    """The layout's columns less those that would say nothing: the paper's and the differences when no
+    row has a paper number, top-5 when it is trivial, chance when no row's class count is known."""
+    paper = any(row.get(column.key) is not None for row in rows for column in columns
+                if column.key.startswith("paper_"))
+    dropped = set()
+    if not paper:
+        dropped |= {column.key for column in columns if column.key.startswith(("paper_", "delta_"))}
+    if top5_trivial(rows):
+        dropped |= {"top5", "paper_top5", "delta_top5"}
+    if all(row.get("chance_top1") is None for row in rows):
+        dropped.add("chance_top1")
+    return [column for column in columns if column.key not in dropped]
