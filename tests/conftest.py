@@ -1,20 +1,19 @@
-"""Fixtures shared by the slow end-to-end tests.
+"""Fixtures shared by the slow end-to-end tests: the two learning runs.
 
-``synthetic_pretraining`` is one pretraining run of the tiny model on the
-synthetic videos (about six CPU minutes), made once per test session: the
-learning-signal tests probe it and the downstream tests fine-tune and
-linearly evaluate its fp32 export.
+``synthetic_pretraining`` is a pretraining run of the tiny model on the built-in
+synthetic videos (world 1); the learning-signal tests probe it and the downstream
+tests fine-tune and linearly evaluate its fp32 export. ``scenes_pretraining`` is a
+pretraining run on the scenes world written as real media (world 2,
+tests/test_learning_scenes.py). Both start in the background at the start of a
+session that selected a test needing them (tests/training_runs.py).
 
-Its negatives come from the clip's own video (``current_sequence``). The
+World 1's negatives come from the clip's own video (``current_sequence``). The
 paper's default ``cans_similar`` does not suit this set: with 8 event types,
 one minibatch candidate in 8 shows the positive's event, and once the tokens
-encode events the sampler favours exactly those (40% of its visual and 64%
-of its audio sampling mass on this run's tokens), so MEP penalises encoding
-the event. Under ``cans_similar`` the tokens instead cluster by video
-(background and hum: 35% / 50% of the mass on the query's own video). That
-run (with CPP weighed as each MEP term) ended with CPP at 52%, and a classifier
-fine-tuned from it (as in test_downstream.py) scored 22% on the val split, below
-the 33% of the same fine-tuning from random weights (chance is 25%).
+encode events the sampler favours exactly those, so MEP penalises encoding the
+event; the tokens instead cluster by video (background and hum are drawn per
+video). World 2 draws every nuisance per clip, so no video identity is there
+to cluster on.
 """
 
 from __future__ import annotations
@@ -22,12 +21,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from training_runs import PRETRAIN, run_train
+import training_runs
+
+LEARNING_RUNS = {"synthetic_pretraining": training_runs.synthetic_pretraining,
+                 "scenes_pretraining": training_runs.scenes_pretraining}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def learning_runs(request, tmp_path_factory) -> dict:
+    """The learning runs this session's selected tests need, started at once."""
+    needed = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    runs = {}
+    for name, start in LEARNING_RUNS.items():
+        if name in needed:
+            work = tmp_path_factory.mktemp(name)
+            runs[name] = start(work / "run" if name == "synthetic_pretraining" else work)
+    yield runs
+    for run in runs.values():
+        run.stop()
 
 
 @pytest.fixture(scope="session")
-def synthetic_pretraining(tmp_path_factory) -> Path:
-    """Run directory of the shared pretraining run (config, metrics, export/model.pt)."""
-    run_dir = tmp_path_factory.mktemp("synthetic_pretraining")
-    run_train("pretrain", run_dir, PRETRAIN)
-    return run_dir
+def synthetic_pretraining(learning_runs) -> Path:
+    """Run directory of the world-1 pretraining (config, metrics, export/model.pt)."""
+    return learning_runs["synthetic_pretraining"].wait()
+
+
+@pytest.fixture(scope="session")
+def scenes_pretraining(learning_runs) -> Path:
+    """Run directory of the world-2 pretraining; its config names the manifest."""
+    return learning_runs["scenes_pretraining"].wait()

@@ -1,6 +1,8 @@
 """The smoke experiment, launched on this machine and then collected: one table
-row per evaluated cell, each with the pretraining cell it starts from, all done,
-with ours beside the paper's numbers and the cost of the run."""
+row per evaluated cell, each with the pretraining cell it starts from, and the
+same linear probe from scratch (no pretraining), all done, with chance beside
+top-1 and the cost of the run. The synthetic set is not one the paper reports:
+no paper columns; it has 4 classes: no top-5."""
 
 from __future__ import annotations
 
@@ -16,6 +18,16 @@ from avbert.results.collect import collect
 from avbert.results.experiments import load_report
 
 ROOT = Path(__file__).resolve().parents[1]
+# Top-1 points the best pretrained variant gains over scratch on the 512 held-out videos:
+# 16.0, 15.2 and 11.7 over seeds 0, 1, 2 (xl 39.6 / 40.6 / 32.8, xl-part 35.5 / 32.8 / 36.7,
+# scratch 23.6 / 25.4 / 25.0%); the bar sits 8 points below the worst.
+MIN_GAIN_OVER_SCRATCH = 3.0
+
+
+def gain_over_scratch(table) -> float:
+    """Top-1 of the best pretrained row minus that of the scratch row, in points."""
+    scratch = next(row["top1"] for row in table.rows if row["variant"] == "scratch")
+    return max(row["top1"] for row in table.rows if row["variant"] != "scratch") - scratch
 
 
 @pytest.mark.slow
@@ -31,20 +43,26 @@ def test_smoke_experiment_launched_then_collected(tmp_path):
     tables = collect(["smoke"], runs, tmp_path / "reports")
     table = tables["smoke"]
     assert [(row["variant"], row["stage"], row["protocol"]) for row in table.rows] == [
-        ("xl", "synthetic_eval", "linear"), ("xl-part", "synthetic_eval", "linear")]
+        ("xl", "synthetic_eval", "linear"), ("xl-part", "synthetic_eval", "linear"),
+        ("scratch", "synthetic_eval", "linear")]
 
     index = json.loads((runs / "smoke" / "index.json").read_text())
     spec = load_report("smoke", runs, (ROOT / "experiments",))
     covered = sorted(f"smoke/{c.variant}/{c.stage}" for row in spec.rows() for c in row.chain)
     assert covered == sorted(index["cells"])  # every launched cell is in exactly one row
+    chains = {row.variant: [c.stage for c in row.chain] for row in spec.rows()}
+    assert chains == {"xl": ["pretrain", "synthetic_eval"], "xl-part": ["pretrain", "synthetic_eval"],
+                      "scratch": ["synthetic_eval"]}
 
-    reference = {"xl": (65.7, 89.9, 21.0), "xl-part": (67.5, 92.3, 4.0)}
+    keys = [column.key for column in table.columns]
+    assert not [key for key in keys if key.startswith(("paper_", "delta_"))]  # the paper never ran the synthetic set
+    assert "top5" not in keys  # 4 classes: top-5 is always 100
     for row in table.rows:
         assert (row["state"], row["detail"]) == ("done", "")
-        assert 0.0 <= row["top1"] <= row["top5"] <= 100.0
-        assert (row["paper_top1"], row["paper_top5"], row["paper_params_m"]) == reference[row["variant"]]
-        assert row["delta_top1"] == pytest.approx(row["top1"] - row["paper_top1"])
+        assert 0.0 <= row["top1"] <= 100.0 and row["chance_top1"] == pytest.approx(25.0)  # 1 / 4 classes
         assert row["hours"] > 0 and row["clips_per_s"] > 0 and row["peak_mem_gb"] > 0 and row["params_m"] > 0
     assert "CPU-hours" in [column.header for column in table.columns]
+    assert "chance" in result.stdout  # the chance column in the launcher's table
+    assert gain_over_scratch(table) >= MIN_GAIN_OVER_SCRATCH, table.rows
     written = sorted(p.name for p in (tmp_path / "reports" / "smoke").iterdir())
     assert written == ["curves.png", "params_vs_top1.png", "table.csv", "table.json", "table.md"]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from training_runs import SYNTHETIC, run_train
 
-FINETUNE = SYNTHETIC + ["train.steps=1000", "train.checkpoint_every=500", "train.log_every=50", "optim.lr=0.001",
+FINETUNE = SYNTHETIC + ["train.steps=500", "train.checkpoint_every=250", "train.log_every=50", "optim.lr=0.001",
                         "optim.warmup_steps=20"]
 LINEAR = SYNTHETIC + ["train.steps=40", "train.checkpoint_every=40", "train.log_every=20", "optim.lr=0.01",
                       "optim.warmup_steps=5"]
@@ -42,8 +42,8 @@ def finetuned(pretrained, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_finetuning_from_the_pretrained_export_runs_and_reports(pretrained, finetuned):
     result = read_eval(finetuned)
-    assert (result["task"], result["protocol"], result["feature"]) == ("synthetic", "finetune", "multimodal")
-    assert result["videos"] == 256 and result["views_per_video"] == [2]  # the val split; 2 views x 1 crop
+    assert (result["task"], result["protocol"], result["feature"]) == ("synthetic", "finetune", "multimodal_context")
+    assert result["videos"] == 512 and result["views_per_video"] == [2]  # the val split; 2 views x 1 crop
     assert result["pretrained"] == str(pretrained)
     last = [json.loads(line) for line in (finetuned / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["eval/top1"] == result["metrics"]["top1"]
@@ -52,9 +52,10 @@ def test_finetuning_from_the_pretrained_export_runs_and_reports(pretrained, fine
 
 @pytest.mark.slow
 def test_finetuning_from_the_pretrained_export_beats_chance(finetuned):
-    """The class is a pattern of event transitions. The same fine-tuning from random
-    weights reaches 33% on the val split (56% on its training batches); from the
-    shared pretraining run, 74% (77%). The margin asked for is what pretraining brings."""
+    """The class is a pattern of event transitions; the val split is 512 held-out videos.
+    Fine-tuned for 500 steps from the shared pretraining run of seeds 0, 1, 2 (each with
+    its own fine-tuning seed): 63.3, 56.4 and 70.1% top-1 (chance 25%). The bar, chance +
+    20 points, sits 11 points below the worst."""
     assert read_eval(finetuned)["metrics"]["top1"] >= CHANCE + 20, read_eval(finetuned)
 
 
