@@ -1,4 +1,5 @@
-"""The smoke experiment, launched on this machine and then collected: one table
+"""The README's first command, the smoke experiment, launched on this machine and then
+collected (a second launch has nothing to do): one table
 row per evaluated cell, each with the pretraining cell it starts from, and the
 same linear probe from scratch (no pretraining), all done, with chance beside
 top-1 and the cost of the run. The synthetic set is not one the paper reports:
@@ -66,3 +67,13 @@ def test_smoke_experiment_launched_then_collected(tmp_path):
     assert gain_over_scratch(table) >= MIN_GAIN_OVER_SCRATCH, table.rows
     written = sorted(p.name for p in (tmp_path / "reports" / "smoke").iterdir())
     assert written == ["curves.png", "params_vs_top1.png", "table.csv", "table.json", "table.md"]
+
+    for name, cell in index["cells"].items():  # every cell ran to its last step
+        status = json.loads((Path(cell["run_dir"]) / "status.json").read_text())
+        assert status["state"] == "completed" and status["step"] == status["total_steps"], name
+    code_dir = index["launches"][0]["code_dir"]  # launched from the repository, run from the snapshot
+    assert {json.loads((Path(c["run_dir"]) / "job.json").read_text())["starts"][0]["code_dir"]
+            for c in index["cells"].values()} == {code_dir}
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout + again.stderr
+    assert json.loads((runs / "smoke" / "index.json").read_text())["launches"] == index["launches"]

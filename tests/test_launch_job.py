@@ -7,8 +7,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -166,29 +164,6 @@ def test_fast_forwarded_preemption_resumes_with_identical_losses(tmp_path):
     assert sorted(expected) == list(range(1, 41))
     assert losses(interrupted.run_dir) == expected
     assert (interrupted.run_dir / "export" / "model.pt").is_file()
-
-
-@pytest.mark.slow
-def test_readme_first_command_runs_the_smoke_experiment_locally(tmp_path):
-    """``python tools/launch.py experiments/smoke.yaml --cluster local``, then again: nothing to do."""
-    command = [sys.executable, str(REPO / "tools" / "launch.py"), str(REPO / "experiments" / "smoke.yaml"),
-               "--cluster", "local", "--runs-dir", str(tmp_path / "runs")]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=REPO)
-    assert first.returncode == 0, first.stdout + first.stderr
-    for cell in ("xl/pretrain", "xl/synthetic_eval", "xl-part/pretrain", "xl-part/synthetic_eval"):
-        assert f"completed smoke/{cell}" in first.stdout
-        status = json.loads((tmp_path / "runs" / "smoke" / cell / "status.json").read_text())
-        assert status["state"] == "completed" and status["step"] == status["total_steps"]
-        assert (tmp_path / "runs" / "smoke" / cell / "metrics.jsonl").stat().st_size > 0
-    index = json.loads((tmp_path / "runs" / "smoke" / "index.json").read_text())
-    assert {cell["state"] for cell in index["cells"].values()} == {"COMPLETED"}
-    assert "Smoke" in first.stdout  # the results table's title
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert again.returncode == 0 and "nothing to submit" in again.stdout
-    assert json.loads((tmp_path / "runs" / "smoke" / "index.json").read_text())["launches"] == index["launches"]
-    code_dir = index["launches"][0]["code_dir"]  # launched from the repository, run from the snapshot
-    assert {json.loads((Path(c["run_dir"]) / "job.json").read_text())["starts"][0]["code_dir"]
-            for c in index["cells"].values()} == {code_dir}
 
 
 @pytest.mark.parametrize("tasks", [1, 2])

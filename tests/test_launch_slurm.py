@@ -55,6 +55,24 @@ def run(*cmd: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.C
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd)
 
 
+# The smoke experiment cut to a few steps, logging every step: the pipeline on Slurm, not its learning.
+QUICK_SMOKE = {"synthetic: {num_videos: 2560}": "synthetic: {num_videos: 128}",
+               "log_every: 25": "log_every: 1",
+               "config: {train: {steps: 600}}": "config: {train: {steps: 30}}",
+               "config: {train: {steps: 200, log_every: 50}": "config: {train: {steps: 20, log_every: 1}"}
+
+
+def quick_smoke(folder: Path, name: str = "smoke") -> Path:
+    """A copy of experiments/smoke.yaml named ``name`` with the QUICK_SMOKE edits."""
+    text = (REPO / "experiments" / "smoke.yaml").read_text().replace("name: smoke", f"name: {name}")
+    for old, new in QUICK_SMOKE.items():
+        assert old in text, f"experiments/smoke.yaml no longer has {old!r}; update QUICK_SMOKE"
+        text = text.replace(old, new)
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
 def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``tools/launch.py`` as a user runs it."""
     return run(sys.executable, str(LAUNCH), *args, timeout=300, cwd=cwd)
@@ -105,13 +123,13 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_smoke_completes_on_slurm_and_a_second_launch_submits_nothing(tmp_path):
-    runs = tmp_path / "runs"
+    runs, experiment = tmp_path / "runs", quick_smoke(tmp_path)
     # Launched from the repository, as users do: the jobs must still import the launch's snapshot.
-    first = launch("experiments/smoke.yaml", "--cluster", "slurm", "--runs-dir", str(runs), cwd=REPO)
+    first = launch(str(experiment), "--cluster", "slurm", "--runs-dir", str(runs), cwd=REPO)
     assert first.returncode == 0, first.stdout + first.stderr
     index = read_index(runs, "smoke")
     ids = job_ids(index)
-    assert len(ids) == 4
+    assert len(ids) == 5  # two variants x (pretrain, probe) and the scratch probe
     states = wait_terminal(list(ids.values()), timeout_s=900)
     assert set(states.values()) == {"COMPLETED"}, (states, [c["log"] for c in index["cells"].values()])
     code_dir = index["launches"][0]["code_dir"]
@@ -123,7 +141,7 @@ def test_smoke_completes_on_slurm_and_a_second_launch_submits_nothing(tmp_path):
             assert "eval/top1" in metrics(run_dir)[-1], name
         assert json.loads((run_dir / "job.json").read_text())["starts"][0]["code_dir"] == code_dir
     names = run("squeue", "-h", "-o", "%j").stdout.split()
-    second = launch("experiments/smoke.yaml", "--cluster", "slurm", "--runs-dir", str(runs), cwd=REPO)
+    second = launch(str(experiment), "--cluster", "slurm", "--runs-dir", str(runs), cwd=REPO)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "nothing to submit" in second.stdout
     again = read_index(runs, "smoke")
@@ -135,13 +153,12 @@ def test_smoke_completes_on_slurm_and_a_second_launch_submits_nothing(tmp_path):
 
 def test_dry_run_submits_nothing(tmp_path):
     name = f"dryrun-{uuid.uuid4().hex[:8]}"
-    experiment = tmp_path / f"{name}.yaml"
-    experiment.write_text((REPO / "experiments" / "smoke.yaml").read_text().replace("name: smoke", f"name: {name}"))
+    experiment = quick_smoke(tmp_path, name)
     started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
     result = launch(str(experiment), "--cluster", "slurm", "--dry-run", "--runs-dir", str(tmp_path / "runs"),
                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "plan (dry run)" in result.stdout and "4 of 4 cells to submit" in result.stdout
+    assert "plan (dry run)" in result.stdout and "5 of 5 cells to submit" in result.stdout
     time.sleep(1)
     queued = run("squeue", "-h", "-o", "%j").stdout
     accounted = run("sacct", "-X", "-n", "-P", "-S", started, "-o", "JobName").stdout
