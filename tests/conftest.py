@@ -35,7 +35,7 @@ def learning_runs(request, tmp_path_factory) -> dict:
     for name, start in LEARNING_RUNS.items():
         if name in needed:
             work = tmp_path_factory.mktemp(name)
-            runs[name] = start(work / "run" if name == "synthetic_pretraining" else work)
+            runs[name] = start(work)
     yield runs
     for run in runs.values():
         run.stop()

@@ -19,32 +19,29 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The tiny model on the built-in synthetic videos: 2560 of 4 classes, every fifth one
-# held out (2048 train, 512 val).
-SYNTHETIC = [
-    "model.preset=tiny", "data.preset=tiny", "data.synthetic.num_videos=2560", "data.batch_size=32",
-    "train.precision=fp32", "train.zero_stage=0", "optim.weight_decay=0.01",
-]
-# The paper's model (cross-layer + low-rank sharing, mid fusion) with negatives from the
-# clip's own video (conftest.py says why) and CPP weighed twice each MEP term. lr 1e-3:
-# at 2e-3 the shared low-rank model's visual MEP stalls near chance for 300-500 steps and
-# CPP waits on it (docs/learning.md has the curves).
-PRETRAIN = SYNTHETIC + [
-    "objective.sampler=current_sequence", "objective.weights.cpp=2", "train.steps=1600", "train.log_every=25",
-    "train.checkpoint_every=1600", "optim.lr=0.001", "optim.min_lr=0.00025", "optim.warmup_steps=40",
-]
+# The tiny model and the settings every learning run shares.
+TINY = ["model.preset=tiny", "data.preset=tiny", "data.batch_size=32", "train.precision=fp32", "train.zero_stage=0",
+        "optim.weight_decay=0.01"]
+# The built-in synthetic videos: 2560 of 4 classes, every fifth one held out (2048 train, 512 val).
+SYNTHETIC = TINY + ["data.synthetic.num_videos=2560"]
 
-# The scenes world: 2560 videos of 4 classes written as H.264/AAC .mp4 (2048 train, 512 val).
+
+def pretrain_recipe(steps: int) -> list[str]:
+    """The paper's model (cross-layer + low-rank sharing, mid fusion) with negatives from the
+    clip's own video (conftest.py says why) and CPP weighed twice each MEP term. lr 1e-3: at
+    2e-3 the shared low-rank model's visual MEP stalls near chance for 300-500 steps and CPP
+    waits on it (docs/learning.md has the curves)."""
+    return ["objective.sampler=current_sequence", "objective.weights.cpp=2", f"train.steps={steps}",
+            "train.log_every=25", f"train.checkpoint_every={steps}", "optim.lr=0.001", "optim.min_lr=0.00025",
+            "optim.warmup_steps=40"]
+
+
+PRETRAIN = SYNTHETIC + pretrain_recipe(1600)
+
+# The scenes world: 2560 videos of 4 classes written as H.264/AAC .mp4 (2048 train, 512 val),
+# read through the manifest loader; 800 steps, by when MEP has levelled off there.
 SCENES_VIDEOS = 2560
-SCENES = [
-    "model.preset=tiny", "data.preset=tiny", "data.source=manifest", "data.batch_size=32", "data.num_workers=1",
-    "train.precision=fp32", "train.zero_stage=0", "optim.weight_decay=0.01",
-]
-# World 1's recipe; 800 steps, by when MEP has levelled off there.
-SCENES_PRETRAIN = SCENES + [
-    "objective.sampler=current_sequence", "objective.weights.cpp=2", "train.steps=800", "train.log_every=25",
-    "train.checkpoint_every=800", "optim.lr=0.001", "optim.min_lr=0.00025", "optim.warmup_steps=40",
-]
+SCENES_PRETRAIN = TINY + ["data.source=manifest", "data.num_workers=1"] + pretrain_recipe(800)
 
 
 def train_env() -> dict:
@@ -99,13 +96,15 @@ class BackgroundRun:
             self.process.wait(30)
 
 
-def synthetic_pretraining(run_dir: Path) -> BackgroundRun:
-    """The shared pretraining run on the built-in synthetic videos."""
+def synthetic_pretraining(work: Path) -> BackgroundRun:
+    """The shared pretraining run on the built-in synthetic videos, in ``work/run``."""
+    run_dir = work / "run"
     return BackgroundRun("synthetic pretraining", run_dir, [train_command("pretrain", run_dir, PRETRAIN)])
 
 
 def scenes_pretraining(work: Path) -> BackgroundRun:
-    """Write the scenes world as .mp4 files, prepare its manifest as a user would, pretrain on it."""
+    """Write the scenes world as .mp4 files, prepare its manifest as a user would, pretrain on it
+    (in ``work/run``)."""
     media, manifest, run_dir = work / "media", work / "manifest" / "scenes.jsonl", work / "run"
     commands = [
         [sys.executable, "tools/make_scenes.py", str(media), "--num-videos", str(SCENES_VIDEOS)],

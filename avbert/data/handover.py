@@ -4,7 +4,7 @@
 segment: the worker creates it and faults in every page (each one zeroed by the kernel),
 the training process maps it and faults every page in again, and both unmap it once the
 batch is dropped. For a batch of uint8 crops (9.6 MB: two videos of four 32-frame clips
-at 112 pixels) that costs about 1.2 ms of CPU per clip on a 2-core EPYC VM, more than a
+at 112 pixels) that costs about 1.2 ms of CPU per clip (BENCHMARKS.md), more than a
 tenth of what decoding the clip costs.
 
 Here each worker keeps a few segments (``Slots``) and writes every batch into one that is

@@ -330,7 +330,7 @@ def rgb(reformatter: VideoReformatter, frame: av.VideoFrame) -> np.ndarray:
 
     swscale's default (``threads=0``, one thread per core) hands every frame to a pool
     and waits for it: about 50 us of dispatch per call whatever the frame size, against
-    30 us for converting a 320x240 frame in place (2-core Xeon VM). The pixels are the
+    30 us for converting a 320x240 frame in place. The pixels are the
     same; decoding already runs one thread per worker, and workers fill the cores."""
     return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
 

@@ -37,8 +37,8 @@ INLINE_BYTES = 1 << 16
 """A batch field of at most this many bytes leaves a worker inline (see ``collate``).
 Each tensor handed over from a worker costs a shared-memory file there and, in the
 training process, a connection to the worker's resource sharer that passes its file
-descriptor: about 0.25 ms of CPU per tensor on each side (measured on a 2-core Xeon VM;
-a manifest batch has 16 fields), against microseconds to pickle 64 KiB."""
+descriptor: about 0.25 ms of CPU per tensor on each side (a manifest batch has 16
+fields), against microseconds to pickle 64 KiB."""
 
 
 def _inlinable(value) -> bool:
