@@ -103,6 +103,26 @@ def test_gpu_rows_say_not_measured_without_gpu():
     assert record["offline"]["flops_per_video"] > 1e12
 
 
+def test_merge_replaces_only_the_rerun_sections_and_says_so():
+    from avbert.bench.report import merge_results
+
+    base = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    rerun = {"sections": ["gpu"], "cpu": {}, "gpu": gpu.run(QUICK), "section_s": {"gpu": 1.0},
+             "environment": dict(base["environment"], date="2030-01-01T00:00:00+00:00", git_commit="abc+uncommitted"),
+             "load_average": {"start": [0.1], "end": [0.2]}, "threads": {"count": 1, "reason": "test"},
+             "duration_s": 6.0, "quick": base.get("quick", False)}
+    merged = merge_results(base, rerun)
+    assert merged["gpu"] == rerun["gpu"] and merged["cpu"] == base["cpu"]
+    assert merged["environment"] == base["environment"] and merged["duration_s"] == base["duration_s"]
+    assert merged["reruns"][-1]["sections"] == ["gpu"]
+    merged["targets"] = targets(merged)
+    text = render(merged)
+    assert "- rerun 2030-01-01T00:00:00+00:00, commit `abc+uncommitted`: sections gpu" in text
+    assert f"{rerun['gpu']['offline']['flops_per_video'] / 1e12:.2f} TFLOP per video" in text
+    with pytest.raises(ValueError, match="quick"):
+        merge_results(base, dict(rerun, quick=not rerun["quick"]))
+
+
 @pytest.mark.slow
 def test_zero_state_halves_adam_moments_on_two_ranks():
     from avbert.bench import zero_state

@@ -72,8 +72,8 @@ def test_every_cell_has_a_row_with_its_state(collected):
     assert sharing[("xl-all", "synthetic_eval")]["detail"].startswith("synthetic_eval: NonFiniteLossError")
     downstream = rows_by(tables["fx_downstream"], "stage", "split")
     assert {key: row["state"] for key, row in downstream.items()} == {
-        ("ucf101-1", "1"): "done", ("ucf101-2", "2"): "done", ("ucf101-3", "3"): "running",
-        ("ucf101", "mean"): "partial", ("charades", "1"): "done", ("esc50", "1"): "missing",
+        ("ucf101-finetune-split1", "1"): "done", ("ucf101-finetune-split2", "2"): "done", ("ucf101-finetune-split3", "3"): "running",
+        ("ucf101-finetune", "mean"): "partial", ("charades-finetune", "1"): "done", ("esc50-linear", "1"): "missing",
     }
 
 
@@ -90,13 +90,13 @@ def test_numbers_and_cost_of_a_row(collected):
 def test_numbers_next_to_the_paper(collected):
     tables, _ = collected
     downstream = rows_by(tables["fx_downstream"], "stage", "split")
-    split1 = downstream[("ucf101-1", "1")]
+    split1 = downstream[("ucf101-finetune-split1", "1")]
     assert (split1["top1"], split1["paper_top1"]) == (80.0, 85.2)
     assert split1["delta_top1"] == pytest.approx(80.0 - 85.2)
-    mean = downstream[("ucf101", "mean")]
+    mean = downstream[("ucf101-finetune", "mean")]
     assert (mean["top1"], mean["paper_top1"], mean["detail"]) == (81.0, 85.2, "2/3 splits")
     assert mean["hours"] == pytest.approx((200 + 360 + 360 + 180) / 3600)  # the pretraining counted once
-    charades = downstream[("charades", "1")]
+    charades = downstream[("charades-finetune", "1")]
     assert (charades["map"], charades["paper_map"], charades["top1"]) == (21.25, 29.5, None)
 
 

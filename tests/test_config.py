@@ -128,5 +128,15 @@ def test_fft_size_defaults_to_twice_the_hop_and_can_be_set():
     from avbert.data.clips import ClipSpec
 
     default = ClipSpec.from_config(load_config().data)
-    assert (default.hop_length, default.n_fft) == (256, 512)  # 16 ms at 16 kHz
+    assert (default.hop_length, default.n_fft) == (736, 1472)  # 16.69 ms at 44.1 kHz (the released hop)
     assert ClipSpec.from_config(load_config(overrides=["data.n_fft=400"]).data).n_fft == 400
+
+
+def test_downstream_feature_is_checked_against_the_model():
+    assert load_config(None, ["downstream.feature=v_cnn", "model.fusion=early"]).downstream.feature == "v_cnn"
+    with pytest.raises(ConfigError, match="downstream.feature 'v_bert'.*early"):
+        load_config(None, ["downstream.feature=v_bert", "model.fusion=early"])
+    with pytest.raises(ConfigError, match="m_bert"):  # the allowed names are listed
+        load_config(None, ["downstream.feature=multimodal"])
+    with pytest.raises(ConfigError, match="single-label"):
+        load_config(None, ["downstream.task=charades", "downstream.loss=multi_margin"])

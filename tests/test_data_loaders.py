@@ -3,7 +3,9 @@ sharding, and a position that survives a restart."""
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -77,6 +79,21 @@ def test_both_loaders_give_the_same_test_views(manifest):
     assert not torch.equal(video[:, 0], video[:, 2])  # left and right crops differ
     assert torch.equal(audio[:, 0], audio[:, 2]) and not torch.equal(audio[:, 0], audio[:, 3])
     assert sorted(torch.cat([b["index"] for b in dali]).tolist()) == list(range(8))
+
+
+def test_both_loaders_compute_the_ln_log_mel(manifest):
+    """``log_mel: ln`` (the released ``ln(1e-6 + mel power)``, unscaled): the DALI graph and
+    torch give the same values, which are the dB form's values in nepers wherever the
+    power is well above the 1e-6 offset."""
+    ln_spec = replace(SPEC, log_mel="ln")
+    dali_ln = next(iter(DaliLoader(manifest, ln_spec, 4, train=False)))["audio"]
+    pyav_ln = next(iter(PyAVEvalLoader(ManifestDataset(manifest, ln_spec, train=False), 4)))["audio"]
+    dali_db = next(iter(DaliLoader(manifest, SPEC, 4, train=False)))["audio"] * DB - DB  # normalised -> dB
+    nepers_per_db = math.log(10) / 10
+    assert dali_ln.shape == dali_db.shape and (dali_ln - pyav_ln).abs().mean() < 0.5 * nepers_per_db
+    loud = dali_db > -50  # power above 1e-5: ln(1e-6 + x) is within ln(1.1) of ln(x)
+    assert loud.float().mean() > 0.5
+    torch.testing.assert_close(dali_ln[loud], dali_db[loud] * nepers_per_db, rtol=0, atol=0.1)
 
 
 @pytest.mark.parametrize("train", [True, False])

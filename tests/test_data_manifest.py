@@ -69,20 +69,26 @@ def _video(num_frames, fps=8.0, width=64, height=48, index=0):
                        num_frames=num_frames, width=width, height=height, index=index)
 
 
-def test_clips_are_clip_seconds_apart_when_the_video_is_long_enough():
-    plan = train_plan(SPEC, _video(64), np.random.default_rng(0))
+def test_clips_divide_the_whole_file_evenly_when_the_record_has_no_window():
+    plan = train_plan(SPEC, _video(64), np.random.default_rng(0))  # 8 s, 4 clips: one 2 s slot each
     starts = plan.frames[:, 0]
-    assert np.all(np.diff(starts) == 8) and plan.valid.all()
+    assert np.all(np.diff(starts) == 16) and plan.valid.all()
     assert np.all(np.diff(plan.frames, axis=1) == SPEC.frame_stride) and plan.frames.max() < 64
     assert np.allclose(plan.starts, starts / 8.0) and plan.window_seconds == pytest.approx(1.0)
 
 
-def test_short_videos_spread_clips_then_mark_the_rest_invalid():
-    step, valid, _, window = sequence_layout(SPEC, _video(20))  # 13 frames of room: 3 clips 4+ apart
-    assert window == 7 and step == pytest.approx(13 / 3) and valid == 4
-    plan = train_plan(SPEC, _video(12), np.random.default_rng(0))  # room 5: half-window spacing
+def test_clips_are_never_closer_than_clip_seconds():
+    layout = sequence_layout(SPEC, _video(31))  # 31 / 4 frames per slot, but 1 s (8 frames) apart still fits
+    assert layout.step == 8 and layout.valid == 4 and layout.slack == 0 and layout.clip == 7
+
+
+def test_short_videos_keep_the_clips_that_fit_and_mark_the_rest_invalid():
+    layout = sequence_layout(SPEC, _video(20))  # 13 frames of room: 2 clips 8 apart
+    assert layout.step == 8 and layout.valid == 2 and layout.slack == 5
+    plan = train_plan(SPEC, _video(20), np.random.default_rng(0))
     assert plan.valid.tolist() == [True, True, False, False]
-    assert np.array_equal(plan.frames[2], plan.frames[1]) and plan.frames.max() < 12
+    assert np.array_equal(plan.frames[2], plan.frames[1]) and plan.frames.max() < 20
+    assert plan.frames[1, 0] - plan.frames[0, 0] == 8
     with pytest.raises(TooShort):
         sequence_layout(SPEC, _video(6))
 
@@ -90,7 +96,7 @@ def test_short_videos_spread_clips_then_mark_the_rest_invalid():
 def test_test_views_cover_the_video_evenly():
     plans = eval_plans(SPEC, _video(80))
     firsts = [p.frames[0, 0] for p in plans]
-    assert firsts[0] == 0 and firsts[-1] + 3 * 8 + 6 == 79 and len(plans) == 3
+    assert firsts[0] == 0 and firsts[-1] + 3 * 20 + 6 == 79 and len(plans) == 3
 
 
 def test_crops_stay_inside_the_frame():

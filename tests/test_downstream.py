@@ -42,7 +42,7 @@ def finetuned(pretrained, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_finetuning_from_the_pretrained_export_runs_and_reports(pretrained, finetuned):
     result = read_eval(finetuned)
-    assert (result["task"], result["protocol"], result["feature"]) == ("synthetic", "finetune", "multimodal_context")
+    assert (result["task"], result["protocol"], result["feature"]) == ("synthetic", "finetune", "m_context")
     assert result["videos"] == 512 and result["views_per_video"] == [2]  # the val split; 2 views x 1 crop
     assert result["pretrained"] == str(pretrained)
     last = [json.loads(line) for line in (finetuned / "metrics.jsonl").read_text().splitlines()][-1]
@@ -105,5 +105,5 @@ def test_manifest_split_and_visual_feature(tmp_path):
                  "downstream.task=ucf101", "downstream.split='1'"]
     run_train("finetune", tmp_path / "run", overrides)
     result = read_eval(tmp_path / "run")
-    assert (result["task"], result["feature"], result["split"], result["num_classes"]) == ("ucf101", "visual", "1", 3)
+    assert (result["task"], result["feature"], result["split"], result["num_classes"]) == ("ucf101", "v_cnn", "1", 3)
     assert result["videos"] == 4 and result["views_per_video"] == [6]  # test1 = every 5th video

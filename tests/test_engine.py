@@ -74,6 +74,31 @@ def test_optimizer_is_torch_adamw_without_decay_on_biases_and_norms():
     assert opt.param_groups[0]["betas"] == (0.8, 0.9)
 
 
+def test_the_head_has_its_own_rate_and_decay_under_the_schedule():
+    """The released fine-tuning recipes: Adam, the head at 0.03 and the backbone at 1e-4, each
+    scaled by the same warm-up and decay."""
+    module = nn.ModuleDict({"model": nn.Linear(4, 8), "head": nn.Sequential(nn.Dropout(0.5), nn.Linear(8, 2))})
+    optim = load_config(None, ["optim.optimizer=adam", "optim.lr=0.0001", "optim.head_lr=0.03",
+                               "optim.weight_decay=0.01", "optim.head_weight_decay=0.000005",
+                               "optim.warmup_steps=0", "optim.min_lr=0"]).optim
+    opt = build_optimizer(module, optim)
+    assert type(opt) is torch.optim.Adam
+    set_lr(opt, lr_at(0, 100, optim))
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    head, body = by_param[id(module["head"][1].weight)], by_param[id(module["model"].weight)]
+    assert (head["lr"], head["weight_decay"]) == (pytest.approx(0.03), 0.000005)
+    assert (body["lr"], body["weight_decay"]) == (pytest.approx(0.0001), 0.01)
+    assert by_param[id(module["head"][1].bias)]["weight_decay"] == 0.0
+    set_lr(opt, lr_at(50, 100, optim))  # half-way down the cosine: both at half their peak
+    assert (head["lr"], body["lr"]) == (pytest.approx(0.015), pytest.approx(0.00005))
+
+
+def test_linear_schedule_decays_in_a_straight_line():
+    optim = load_config(None, ["optim.lr=1.0", "optim.min_lr=0", "optim.warmup_steps=0",
+                               "optim.schedule=linear"]).optim
+    assert [lr_at(step, 4, optim) for step in range(5)] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+
+
 # -- resumable, sharded data order ------------------------------------------------------------------------
 class Numbers(Dataset):
     """Item i is i; optionally reports one skipped file for every 5th item."""

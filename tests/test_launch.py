@@ -135,19 +135,19 @@ def test_submission_is_recorded_and_downstream_waits_for_its_own_pretraining(fak
 
 
 def test_stages_waiting_for_one_pretraining_go_out_as_arrays(fake_slurm, launch_dir):
-    for name in ("ucf101", "esc50", "charades"):
+    for name in ("ucf101", "esc50", "kinetics700", "audioset"):
         (launch_dir / "manifests" / f"{name}.jsonl").write_text("")
     runs = launch_dir / "runs"
-    assert launcher.main([str(EXPERIMENTS / "downstream.yaml"), "--runs-dir", str(runs),
+    assert launcher.main([str(EXPERIMENTS / "downstream.yaml"), "--runs-dir", str(runs), "--only", "k700",
                           "--profile", str(PROFILES / "paper-8x8.yaml")]) == 0
     files = sorted(fake_slurm.glob("sbatch_*.sh"))
-    assert len(files) == 3  # pretraining, then one array of ten fine-tunings and one of ten linear probes
-    for path, count in zip(files[1:], (10, 10)):
+    assert len(files) == 3  # pretraining, then an array per resource shape: UCF101's six stages, ESC-50's ten
+    for path, count in zip(files[1:], (6, 10)):
         text = path.read_text()
         assert f"--array=0-{count - 1}%{count}\n" in text and f"--dependency=afterok:{FIRST_JOB}\n" in text
-        assert "--job-name='downstream:xl-part:[10 stages]'" in text
+        assert f"--job-name='downstream:k700:[{count} stages]'" in text
     cells = read_index(runs / "downstream")["cells"]
-    assert cells["downstream/xl-part/esc50-linear-fold5"]["job_id"].startswith(f"{FIRST_JOB + 2}_")
+    assert cells["downstream/k700/esc50-linear-fold5"]["job_id"].startswith(f"{FIRST_JOB + 2}_")
 
 
 def test_local_runs_refuse_multi_node_stages(launch_dir, capsys):

@@ -97,17 +97,44 @@ def test_sampler_never_returns_positive_or_invalid(name):
         embeddings, valid, queries = random_problem(seed)
         index = sampler(embeddings, valid, queries, 5)
         own = queries[:, 0] * valid.shape[1] + queries[:, 1]
-        assert index.shape == (queries.shape[0], 5)
+        assert index.shape[0] == queries.shape[0] and index.shape[1] <= 5
         assert not (index == own.unsqueeze(1)).any()
-        assert valid.reshape(-1)[index].all()
+        drawn = index >= 0
+        assert valid.reshape(-1)[index[drawn]].all()
+        assert (drawn.sum(1) == index.shape[1]).any()  # the widest row is full
 
 
 def test_current_sequence_never_leaves_the_video():
     sampler = build_sampler("current_sequence", seed=1)
     for seed in range(30):
         embeddings, valid, queries = random_problem(seed)
-        index = sampler(embeddings, valid, queries, 8)  # more than a video has: with replacement
-        assert (index // valid.shape[1] == queries[:, :1]).all()
+        index = sampler(embeddings, valid, queries, 8)  # more than a video has
+        drawn = index >= 0
+        assert (index // valid.shape[1] == queries[:, :1])[drawn].all()
+
+
+def test_a_negative_is_never_drawn_twice():
+    """Current-Sequence with K larger than a video's other clips: each of them once, the rest
+    of the row empty (K' = min(K, candidates))."""
+    sampler = build_sampler("current_sequence", seed=1)
+    for seed in range(30):
+        embeddings, valid, queries = random_problem(seed)
+        index = sampler(embeddings, valid, queries, 16)
+        candidates = valid.sum(1)[queries[:, 0]] - 1  # the video's other valid clips
+        for row, count in zip(index.tolist(), candidates.tolist()):
+            drawn = [i for i in row if i >= 0]
+            assert len(drawn) == len(set(drawn)) == count
+            assert row[count:] == [-1] * (len(row) - count)
+
+
+def test_missing_negatives_are_left_out_of_the_denominator():
+    torch.manual_seed(0)
+    scorer = EmbeddingScorer(8, "projected", temperature=0.5)
+    o, pos, neg = torch.randn(3, 8), torch.randn(3, 8), torch.randn(3, 4, 8)
+    present = torch.tensor([[True, True, False, False], [True] * 4, [True, False, False, False]])
+    masked = info_nce(scorer, o, pos, neg, present)
+    rows = [info_nce(scorer, o[i:i + 1], pos[i:i + 1], neg[i:i + 1, present[i]])["loss"] for i in range(3)]
+    torch.testing.assert_close(masked["loss"], torch.stack(rows).mean())
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

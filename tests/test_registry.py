@@ -20,7 +20,7 @@ EXPERIMENTS = REPO / "experiments"
 PROFILES = REPO / "slurm" / "profiles"
 BAD = REPO / "tests" / "fixtures" / "bad_experiments"
 ABLATIONS = ("sharing_ablation", "fusion_ablation", "negative_sampling")
-MANIFESTS = ("kinetics700", "kinetics_sounds", "ucf101", "esc50", "charades")
+MANIFESTS = ("kinetics700", "audioset", "kinetics_sounds", "ucf101", "esc50", "charades")
 
 
 @pytest.fixture
@@ -111,14 +111,34 @@ def test_a_from_scratch_variant_runs_the_downstream_stages_alone_with_their_sett
 
 def test_downstream_experiment_covers_splits_folds_and_both_protocols(manifests):
     cells = cells_of("downstream", "paper", manifests / "runs")
+    pretrainings = [c for c in cells if c.kind == "pretrain"]
+    assert {c.variant: Path(c.config.data.manifest).name for c in pretrainings} == {
+        "k700": "kinetics700.jsonl", "audioset": "audioset.jsonl"}  # the pretraining-data axis
     by_task: dict = {}
-    for cell in cells[1:]:
-        by_task.setdefault(cell.config.downstream.task, set()).add((cell.kind, cell.config.downstream.split))
-    assert by_task["ucf101"] == {(p, s) for p in ("finetune", "linear") for s in "123"}
-    assert by_task["esc50"] == {(p, s) for p in ("finetune", "linear") for s in "12345"}
-    assert {k for k, _ in by_task["kinetics_sounds"]} == {k for k, _ in by_task["charades"]} == {"finetune", "linear"}
-    assert all(cell.config.downstream.protocol == cell.kind for cell in cells[1:])
-    assert cells[0].stage == "pretrain" and "downstream/xl-part/ucf101-finetune-split2" in [c.name for c in cells]
+    for cell in cells:
+        if cell.kind != "pretrain":
+            by_task.setdefault((cell.variant, cell.config.downstream.task), set()).add(
+                (cell.kind, cell.config.downstream.split, cell.config.downstream.feature))
+            assert Path(cell.config.data.manifest).name == f"{cell.config.downstream.task}.jsonl"
+    for variant in ("k700", "audioset"):
+        assert by_task[(variant, "ucf101")] == {(p, s, "v_cnn") for p in ("finetune", "linear") for s in "123"}
+        assert by_task[(variant, "esc50")] == {(p, s, "a_cnn") for p in ("finetune", "linear") for s in "12345"}
+    assert all(cell.config.downstream.protocol == cell.kind for cell in cells if cell.kind != "pretrain")
+    assert "downstream/k700/ucf101-finetune-split2" in [c.name for c in cells]
+
+
+def test_downstream_recipes_are_the_released_configs(manifests):
+    cells = {c.stage: c.config for c in cells_of("downstream", "paper", manifests / "runs") if c.variant == "k700"}
+    ucf, esc = cells["ucf101-finetune-split1"], cells["esc50-linear-fold1"]
+    assert (ucf.optim.optimizer, ucf.optim.head_lr, ucf.optim.lr, ucf.optim.weight_decay) == ("adam", 0.03, 1e-4, 5e-6)
+    assert (ucf.data.clips, ucf.data.test_views, ucf.data.test_crops, ucf.optim.schedule) == (1, 10, 3, "cosine")
+    assert (esc.optim.head_lr, esc.optim.schedule, esc.downstream.loss, esc.downstream.margin) == (
+        0.003, "linear", "multi_margin", 0.1)
+    parts = {c.stage: c.config for c in cells_of("components", "paper", manifests / "runs")}
+    ks = parts["kinetics_sounds-finetune-m_bert"]
+    assert (ks.optim.optimizer, ks.optim.head_lr, ks.optim.lr, ks.downstream.feature) == ("adam", 1e-3, 1e-4, "m_bert")
+    assert {c.downstream.feature for s, c in parts.items() if s.startswith("charades")} == {
+        "v_cnn", "a_cnn", "m_cnn", "v_bert", "a_bert", "m_bert"}
 
 
 def test_expansion_is_deterministic_and_records_the_commit(manifests):
@@ -137,7 +157,9 @@ def test_report_sections_carry_the_papers_numbers():
     negatives = read_experiment(EXPERIMENTS / "negative_sampling.yaml").spec.report
     assert negatives.reference["current_sequence"].top5 == 89.8
     downstream = read_experiment(EXPERIMENTS / "downstream.yaml").spec.report
-    assert downstream.layout == "downstream" and downstream.reference["charades"].map == 29.5
+    assert downstream.layout == "downstream" and downstream.reference["audioset/ucf101-finetune"].top1 == 86.1
+    components = read_experiment(EXPERIMENTS / "components.yaml").spec.report
+    assert components.layout == "components" and components.reference["charades-finetune-m_bert"].map == 29.5
 
 
 def test_only_selects_by_cell_variant_stage_or_glob():

@@ -25,10 +25,10 @@ RUNS, EXPERIMENTS = FIXTURES / "runs", FIXTURES / "experiments"
 REFERENCE = {"top1": 65.7, "top5": 89.9, "map": None, "params_m": 21.0}
 
 
-def probe_cell(variant: str, task: str, classes: int) -> CellSpec:
+def probe_cell(variant: str, task: str, classes: int, kind: str = "linear") -> CellSpec:
     config = {"downstream": {"task": task, "num_classes": 0},
               "data": {"source": "synthetic", "synthetic": {"num_classes": classes}}}
-    return CellSpec(variant, "probe", "probe", "linear", None, config)
+    return CellSpec(variant, "probe", "probe", kind, None, config)
 
 
 def table_of(cells: list[CellSpec], evals: dict | None = None, layout: str = "sharing"):
@@ -56,7 +56,7 @@ def test_a_synthetic_row_never_gets_the_papers_numbers():
 
 
 def test_a_paper_task_row_gets_them_and_a_synthetic_row_beside_it_does_not():
-    cells = [probe_cell("xl", "kinetics_sounds", 32), probe_cell("xl-part", "synthetic", 4)]
+    cells = [probe_cell("xl", "kinetics_sounds", 32, "finetune"), probe_cell("xl-part", "synthetic", 4)]
     table = table_of(cells, {"xl": {"task": "kinetics_sounds", "metrics": {"top1": 60.0}},
                              "xl-part": {"task": "synthetic", "metrics": {"top1": 40.0}}})
     kinetics, synthetic = table.rows
@@ -65,6 +65,12 @@ def test_a_paper_task_row_gets_them_and_a_synthetic_row_beside_it_does_not():
     paper = [key for key in keys_of(table) if key.startswith(("paper_", "delta_"))]
     assert "paper_top1" in paper and all(synthetic[key] is None for key in paper)
     assert PAPER_NOTE in table.notes
+
+
+def test_a_row_of_another_protocol_than_the_papers_does_not_get_them():
+    cells = [probe_cell("xl", "kinetics_sounds", 32, "linear")]  # the paper fine-tunes on Kinetics-Sounds
+    table = table_of(cells, {"xl": {"task": "kinetics_sounds", "metrics": {"top1": 50.0}}})
+    assert not [key for key in keys_of(table) if key.startswith(("paper_", "delta_"))]
 
 
 def test_the_fixture_synthetic_rows_leave_out_the_references_their_file_gives(tables):
@@ -109,8 +115,8 @@ def test_chance_in_the_fixture_tables(tables):
     assert sharing == {"none": 25.0, "xl": 25.0, "xl-all": 25.0, "xl-part": 25.0, "scratch": 25.0,
                        "old-variant": None}  # a pretraining alone evaluates nothing
     downstream = {(row["stage"], row["split"]): row["chance_top1"] for row in tables["fx_downstream"].rows}
-    assert downstream[("ucf101-1", "1")] == downstream[("ucf101", "mean")] == pytest.approx(100 / 101)
-    assert downstream[("charades", "1")] is None  # multi-label: reported by mAP
+    assert downstream[("ucf101-finetune-split1", "1")] == downstream[("ucf101-finetune", "mean")] == pytest.approx(100 / 101)
+    assert downstream[("charades-finetune", "1")] is None  # multi-label: reported by mAP
     console = Console(record=True, width=250)
     print_table(tables["fx_sharing"], console)
     assert "chance top-1" in console.export_text()

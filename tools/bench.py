@@ -3,6 +3,7 @@
     python tools/bench.py                          # every section (about 3-6 min on 2 CPU cores)
     python tools/bench.py --only layer attention   # some sections
     python tools/bench.py --quick --out-json /tmp/r.json --out-md /tmp/B.md   # small sizes, a smoke run
+    python tools/bench.py --only planner gpu --merge   # rerun sections, keep the others' figures
 
 Sections: ``layer`` (lowrank against dense shared Transformer layer, paper
 width), ``attention`` (SDPA against matmul-softmax), ``tiny_step`` (the tiny
@@ -16,6 +17,7 @@ reported as the median of per-repeat ratios.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -34,6 +36,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: all cores on an idle machine, 1 when it is loaded)")
     parser.add_argument("--quick", action="store_true", help="small shapes and 2 repeats: checks the tool runs")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the --only sections in the existing --out-json and keep the others "
+                             "(the rerun is listed in the header with its own date, commit and load)")
     parser.add_argument("--out-json", type=Path, default=ROOT / "benchmarks" / "results.json")
     parser.add_argument("--out-md", type=Path, default=ROOT / "BENCHMARKS.md")
     return parser.parse_args(argv)
@@ -115,17 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from avbert.bench.markdown import render
-    from avbert.bench.report import targets, write_results
+    from avbert.bench.report import merge_results, targets, write_results
 
     threads, reason = choose_threads(args.threads)
     torch.set_num_threads(threads)
     results = run_all(args)
     results["threads"] = {"count": threads, "reason": reason}
+    took = results["duration_s"]
+    if args.merge:
+        results = merge_results(json.loads(args.out_json.read_text()), results)
     results["targets"] = targets(results)
     write_results(results, args.out_json)
     args.out_md.parent.mkdir(parents=True, exist_ok=True)
     args.out_md.write_text(render(results))
-    print(f"wrote {args.out_json} and {args.out_md} in {results['duration_s'] / 60:.1f} min")
+    print(f"wrote {args.out_json} and {args.out_md} in {took / 60:.1f} min")
     return 0
 
 

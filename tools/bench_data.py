@@ -49,8 +49,9 @@ from avbert.data.manifest import load_manifest  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ClipSpec(clips=4, clip_seconds=2.5, frames_per_clip=32, frame_stride=2, crop_size=112,
                 short_side=(128, 160), n_mels=80, mel_frames=128, hop_length=256, n_fft=512)
-"""The paper's clip: 32 frames at stride 2, 112 crops from a 128-160 short side, 80x128
-log-mels; four clips per video."""
+"""The paper's clip geometry: 32 frames at stride 2, 112 crops from a 128-160 short side,
+80x128 log-mels, here from 16 kHz audio with 256-sample hops (the paper data preset's front
+end is 44.1 kHz with 736-sample hops); four clips per video."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:

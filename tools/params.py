@@ -1,7 +1,9 @@
-"""Parameter counts of the paper's sharing table at the paper preset.
+"""Parameter counts of the paper's sharing table at the paper preset, and of the clip
+CNNs of both model presets.
 
-    python tools/params.py                # a rich table
-    python tools/params.py --format json  # {variant: {"transformers", "cnns", "total"}}
+    python tools/params.py                         # rich tables: sharing, then the CNNs
+    python tools/params.py --format json           # {variant: {"transformers", "cnns", "total"}}
+    python tools/params.py --cnns --format json    # {preset: {"visual", "audio", "projections", "cnns"}}
 """
 
 from __future__ import annotations
@@ -14,11 +16,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avbert.config import ModelConfig  # noqa: E402
-from avbert.models import PAPER_TRANSFORMER_PARAMS_M, SHARING_VARIANTS, AVBert, count_parameters, sharing_variant  # noqa: E402
+from avbert.models import (  # noqa: E402
+    PAPER_TRANSFORMER_PARAMS_M,
+    SHARING_VARIANTS,
+    AVBert,
+    count_cnn_parameters,
+    count_parameters,
+    sharing_variant,
+)
+
+PRESETS = ("paper", "tiny")
 
 
 def sharing_table(base: ModelConfig) -> dict[str, dict[str, int]]:
     return {name: count_parameters(AVBert(sharing_variant(base, name))) for name in SHARING_VARIANTS}
+
+
+def cnn_table() -> dict[str, dict[str, int]]:
+    """The clip CNNs of every model preset (they do not depend on the sharing)."""
+    return {name: count_cnn_parameters(AVBert(ModelConfig.from_preset(name))) for name in PRESETS}
 
 
 def _millions(n: int) -> str:
@@ -41,16 +57,34 @@ def print_table(counts: dict[str, dict[str, int]]) -> None:
     Console().print(table)
 
 
+def print_cnn_table(counts: dict[str, dict[str, int]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Clip CNNs by model preset (projections: linear + LayerNorm)")
+    for column in ("preset", "visual CNN", "audio CNN", "projections", "CNNs"):
+        table.add_column(column, justify="left" if column == "preset" else "right")
+    for name, row in counts.items():
+        table.add_row(name, *(f"{row[key]:,}" for key in ("visual", "audio", "projections", "cnns")))
+    Console().print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", choices=("table", "json"), default="table")
-    parser.add_argument("--preset", choices=("paper", "tiny"), default="paper")
+    parser.add_argument("--preset", choices=PRESETS, default="paper")
+    parser.add_argument("--cnns", action="store_true", help="only the CNN counts of every preset")
     args = parser.parse_args(argv)
+    if args.cnns:
+        cnns = cnn_table()
+        print(json.dumps(cnns)) if args.format == "json" else print_cnn_table(cnns)
+        return 0
     counts = sharing_table(ModelConfig.from_preset(args.preset))
     if args.format == "json":
         print(json.dumps(counts))
     else:
         print_table(counts)
+        print_cnn_table(cnn_table())
     return 0
 
 

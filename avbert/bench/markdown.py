@@ -27,10 +27,18 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def rerun_line(rerun: dict) -> str:
+    env, load, threads = rerun["environment"], rerun.get("load_average") or {}, rerun.get("threads") or {}
+    return (f"- rerun {env['date']}, commit `{env['git_commit']}`: sections {', '.join(rerun['sections'])} "
+            f"({rerun['duration_s'] / 60:.1f} min, load at start {load.get('start')}, torch threads "
+            f"{threads.get('count')}); their figures below are from this rerun, the other sections' from the run above")
+
+
 def header(results: dict) -> str:
     env = results["environment"]
     m, v = env["machine"], env["versions"]
     load = results.get("load_average", {})
+    reruns = [rerun_line(rerun) for rerun in results.get("reruns", [])]
     return "\n".join([
         "# Benchmarks",
         "",
@@ -48,6 +56,7 @@ def header(results: dict) -> str:
         f"- torch threads for the CPU sections: {results.get('threads', {}).get('count')} "
         f"({results.get('threads', {}).get('reason')})",
         f"- run time: {results['duration_s'] / 60:.1f} min; sections: {', '.join(results['sections'])}",
+        *reruns,
     ])
 
 
@@ -298,5 +307,6 @@ def render(results: dict) -> str:
 def reproduce() -> str:
     return ("## Reproduce\n\n```bash\n.venv/bin/python tools/bench.py             # all sections, writes both files\n"
             ".venv/bin/python tools/bench.py --only layer attention --repeats 9\n"
+            ".venv/bin/python tools/bench.py --only planner gpu --merge   # rerun some sections, keep the others\n"
             ".venv/bin/python tools/plan.py none model.preset=paper data.preset=paper --gpu-memory 80GB\n```\n\n"
             "On a CUDA machine the GPU section runs too.")

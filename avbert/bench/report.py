@@ -156,6 +156,28 @@ def targets(results: dict) -> list[dict]:
     return out
 
 
+def merge_results(base: dict, rerun: dict) -> dict:
+    """``base`` (a full run's results) with the sections of ``rerun`` in place of its own.
+    The run header (environment, load, threads, run time) stays ``base``'s; the rerun is
+    appended to ``reruns`` with its own date, commit, load and threads, so that every
+    figure can be traced to the run that produced it."""
+    if bool(base.get("quick")) != bool(rerun.get("quick")):
+        raise ValueError("cannot merge a --quick run with a full one")
+    merged = dict(base, cpu=dict(base.get("cpu", {})), section_s=dict(base.get("section_s", {})),
+                  sections=list(base.get("sections", [])))
+    for name in rerun["sections"]:
+        if name == "gpu":
+            merged["gpu"] = rerun["gpu"]
+        else:
+            merged["cpu"][name] = rerun["cpu"][name]
+        merged["section_s"][name] = rerun["section_s"][name]
+        if name not in merged["sections"]:
+            merged["sections"].append(name)
+    record = {key: rerun.get(key) for key in ("sections", "environment", "load_average", "threads", "duration_s")}
+    merged["reruns"] = [*base.get("reruns", []), record]
+    return merged
+
+
 def write_results(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")

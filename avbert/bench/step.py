@@ -87,7 +87,7 @@ def count_model_flops(cfg: Config) -> int:
     and multiplied by the batch (every counted op is per sample). The
     objective's heads (projections of about a dozen masked tokens per video)
     are left out: under 0.1% of the total. So is the second Transformer pass
-    of ``objective.cpp_input: clean``: the Transformers are 0.1% of the
+    of ``objective.cpp_input: clean``: the Transformers are 0.2% of the
     paper model's forward FLOPs.
     """
     from torch.utils.flop_counter import FlopCounterMode

@@ -4,14 +4,23 @@ Every loader (synthetic, PyAV, DALI) turns a waveform into model input the same 
 
 1. ``LogMel``: torchaudio's ``MelSpectrogram`` with its own defaults (Hann window,
    ``win_length = n_fft``, ``center=True``, reflect padding, ``f_min=0``) and the
-   choices ``mel_scale="htk"``, ``norm=None``, ``power=2``, followed by
-   ``10 * log10(max(x, 1e-10))``. DALI's ``fn.spectrogram -> fn.mel_filter_bank(
-   mel_formula="htk", normalize=False) -> fn.to_decibels`` computes the same thing.
+   choices ``mel_scale="htk"``, ``norm=None``, ``power=2``, followed by one of two log
+   forms (``data.log_mel``):
+
+   - ``ln``: ``ln(1e-6 + x)``, the released code's log-mel (sangho-vision/avbert,
+     ``code/data/transform.py``, ``get_log_mel_spectrogram``: torchaudio's
+     ``MelSpectrogram(sample_rate, n_fft=n_fft, n_mels=n_mels)``, whose defaults are the
+     ones above, then ``torch.log(1e-6 + mel)``), fed to the CNN as it is;
+   - ``db``: ``10 * log10(max(x, 1e-10))``, then ``normalize_logmel``'s fixed
+     constants so the values are O(1).
+
+   DALI's ``fn.spectrogram -> fn.mel_filter_bank(mel_formula="htk", normalize=False)``
+   followed by ``fn.to_decibels`` or ``log(1e-6 + x)`` computes the same thing.
 2. ``clip_logmel``: one window of the waveform per visual clip, time-aligned with it,
-   cropped or padded to exactly ``mel_frames`` frames: ``[T, 1, n_mels, mel_frames]``.
-3. ``normalize_logmel``: fixed constants so the values are O(1).
-4. ``spec_augment``: frequency and time masking (5% bands by default, as in the paper's
-   released configuration), drawn from an explicit ``torch.Generator``.
+   cropped or padded (with the form's silence) to exactly ``mel_frames`` frames:
+   ``[T, 1, n_mels, mel_frames]``.
+3. ``spec_augment``: frequency and time masking (5% bands by default, as in the paper's
+   released configuration), set to 0, drawn from an explicit ``torch.Generator``.
 """
 
 from __future__ import annotations
@@ -27,6 +36,14 @@ AMIN = 1e-10
 
 SILENCE_DB = 10.0 * math.log10(AMIN)
 
+LN_OFFSET = 1e-6
+"""Offset inside the natural log of the ``ln`` form, ``ln(1e-6 + power)`` (the released
+``code/data/transform.py``): silence maps to ``ln(1e-6) = -13.8``."""
+
+SILENCE_LN = math.log(LN_OFFSET)
+
+LOG_FORMS = ("db", "ln")
+
 LOGMEL_MEAN = -20.0
 LOGMEL_STD = 20.0
 """Fixed normalisation constants in dB. Waveforms in [-1, 1] give log-mel values that
@@ -37,15 +54,19 @@ that every loader and every dataset sees the same input scale."""
 
 
 class LogMel(nn.Module):
-    """Waveform ``[..., samples]`` -> log-mel in dB ``[..., n_mels, frames]``.
+    """Waveform ``[..., samples]`` -> log-mel ``[..., n_mels, frames]``, in dB
+    (``scale="db"``) or as ``ln(1e-6 + power)`` (``scale="ln"``).
 
     ``hop_length=None`` keeps torchaudio's default ``n_fft // 2``. With ``center=True``
     a window of ``n`` samples gives ``1 + n // hop_length`` frames.
     """
 
     def __init__(self, sample_rate: int = 16000, n_fft: int = 400,
-                 hop_length: int | None = None, n_mels: int = 80):
+                 hop_length: int | None = None, n_mels: int = 80, scale: str = "db"):
         super().__init__()
+        if scale not in LOG_FORMS:
+            raise ValueError(f"unknown log-mel form {scale!r}; allowed values: 'db', 'ln'")
+        self.scale = scale
         self.sample_rate = sample_rate
         self.n_fft = n_fft
         self.hop_length = hop_length if hop_length is not None else n_fft // 2
@@ -59,7 +80,19 @@ class LogMel(nn.Module):
             shape = (*waveform.shape[:-1], self.n_mels, self.num_frames(waveform.shape[-1]))
             return waveform.new_zeros(shape, dtype=torch.float32)
         power = self.mel(waveform.float())
+        if self.scale == "ln":
+            return torch.log(power + LN_OFFSET)
         return 10.0 * torch.log10(torch.clamp(power, min=AMIN))
+
+    @property
+    def silence(self) -> float:
+        """The value digital silence maps to: what padded frames are filled with."""
+        return SILENCE_LN if self.scale == "ln" else SILENCE_DB
+
+    def normalize(self, logmel: torch.Tensor) -> torch.Tensor:
+        """Model input from this form's values: ``normalize_logmel`` for dB; the ``ln``
+        form goes to the CNN unscaled, as in the released code."""
+        return normalize_logmel(logmel) if self.scale == "db" else logmel
 
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for a window of ``num_samples`` samples (``center=True``)."""
@@ -106,9 +139,9 @@ def clip_logmel(waveform: torch.Tensor, logmel: LogMel, clip_starts, clip_durati
     clip start times in seconds, ``clip_duration`` the clip length (frames / fps).
     """
     windows = clip_windows(waveform, logmel.sample_rate, clip_starts, clip_duration)
-    patches = fit_frames(logmel(windows), mel_frames)
+    patches = fit_frames(logmel(windows), mel_frames, fill=logmel.silence)
     if normalize:
-        patches = normalize_logmel(patches)
+        patches = logmel.normalize(patches)
     return patches.unsqueeze(-3)
 
 
@@ -127,7 +160,8 @@ def spec_augment(patches: torch.Tensor, generator: torch.Generator,
 
     Each patch gets one frequency band and one time band, each of a uniformly drawn width
     of at most ``fraction`` of its axis (at least one bin when the fraction is positive),
-    set to ``fill`` (0 is the mean after ``normalize_logmel``). Returns a new tensor.
+    set to ``fill`` (0: the mean after ``normalize_logmel``, and the released code's mask
+    value in the ``ln`` form). Returns a new tensor.
     """
     *lead, n_mels, frames = patches.shape
     masked = torch.zeros(patches.shape, dtype=torch.bool)

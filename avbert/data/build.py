@@ -25,6 +25,7 @@ def synthetic_spec(data: DataConfig):
         sample_rate=data.sample_rate,
         n_mels=data.n_mels,
         mel_frames=data.mel_frames,
+        log_mel=data.log_mel,
         seed=data.synthetic.seed,
     )
 

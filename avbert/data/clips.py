@@ -1,25 +1,35 @@
 """Where the clips of a video lie, and how each is cropped: shared by every media loader.
 
-A video becomes ``T`` consecutive clips. Clip ``t`` is a frame window of
-``frames_per_clip`` frames taken every ``frame_stride`` frames, and its audio is the
-time interval those frames cover: ``[start / fps, (start + frames_per_clip * stride) /
-fps)`` seconds, turned into one log-mel patch by :func:`avbert.data.audio.clip_logmel`.
+A video becomes ``T`` clips taken from its *window*: the ``window`` of its manifest
+record (``[start, end]`` seconds from the first frame, e.g. the 30 s around a
+Kinetics-700 annotation), clamped to the file, or the whole file when the record has
+none. Clip ``t`` is a frame window of ``frames_per_clip`` frames taken every
+``frame_stride`` frames, and its audio is the time interval those frames cover: ``[start /
+fps, (start + frames_per_clip * stride) / fps)`` seconds, turned into one log-mel patch by
+:func:`avbert.data.audio.clip_logmel`.
 
-Clip starts are ``clip_seconds`` apart. A video too short for that keeps its clips
-evenly spread over its length, but never closer than half a window (clips that would
-overlap more carry little new content); the clips that still do not fit repeat the last
-one and are marked invalid (``valid`` is False). A video shorter than one window has no
-clip at all and is skipped by the loaders (reason ``too_short``).
+The clips divide the window evenly, without overlap: clip ``t`` starts at ``window_start +
+offset + t * step`` with ``step = window / T``, so each clip lies in its own slot of the
+window, and ``offset`` (the same for every clip, at most ``step`` minus one clip) is drawn
+in training and spread over the test views. Clip starts are never closer than
+``clip_seconds``: a window too short for ``T`` clips that far apart holds only the clips
+that fit, and the video is *short*. ``short_videos`` says what becomes of it (``data.
+short_videos``): ``pad`` keeps it, the clips that do not fit repeating the last one and
+marked invalid (``valid`` is False, so the model masks them), ``skip`` leaves it out
+(``ShortVideo``). The loaders count both. A window shorter than one clip has no clip at
+all and is skipped whatever the policy (``TooShort``). (Where a clip is longer than
+``window / T``, which only a ``clip_seconds`` shorter than a clip's frames allows, the
+step is the one that ends the last clip at the window's end.)
 
-Training draws the start of the clip sequence, the short side of the resized frames
+Training draws the sequence offset, the short side of the resized frames
 (``short_side`` range), the crop position and a horizontal flip from a generator keyed
 by ``(seed, epoch, index)``, so a sample's augmentation does not depend on which worker
-or loader produced it. Testing takes ``test_views`` sequence starts evenly spread over
-the video and ``test_crops`` crops along the long side of frames whose short side is
+or loader produced it. Testing takes ``test_views`` offsets evenly spread over the
+slack and ``test_crops`` crops along the long side of frames whose short side is
 ``crop_size``.
 
 Audio-only records (no frame rate) use a 100 Hz tick grid in place of frames, with one
-window being one log-mel patch (``mel_frames * hop_length`` samples).
+clip being one log-mel patch (``mel_frames * hop_length`` samples).
 """
 
 from __future__ import annotations
@@ -51,6 +61,8 @@ class ClipSpec:
     spec_augment: float = 0.05
     test_views: int = 10
     test_crops: int = 3
+    short_videos: str = "pad"  # "pad" or "skip": what becomes of a window too short for T clips
+    log_mel: str = "db"  # the log form of avbert.data.audio.LogMel: "db" or "ln"
 
     @classmethod
     def from_config(cls, data) -> "ClipSpec":
@@ -63,7 +75,7 @@ class ClipSpec:
                    sample_rate=data.sample_rate, n_mels=data.n_mels,
                    mel_frames=data.mel_frames, hop_length=hop, n_fft=data.n_fft or 2 * hop,
                    spec_augment=data.spec_augment, test_views=data.test_views,
-                   test_crops=data.test_crops)
+                   test_crops=data.test_crops, short_videos=data.short_videos, log_mel=data.log_mel)
 
     @property
     def window_frames(self) -> int:
@@ -78,7 +90,7 @@ class ClipSpec:
         """The suite's log-mel transform with this geometry."""
         from avbert.data.audio import LogMel
 
-        return LogMel(self.sample_rate, self.n_fft, self.hop_length, self.n_mels)
+        return LogMel(self.sample_rate, self.n_fft, self.hop_length, self.n_mels, scale=self.log_mel)
 
 
 @dataclass
@@ -108,7 +120,11 @@ class CropPlan:
 
 
 class TooShort(ValueError):
-    """The record is shorter than one clip window."""
+    """The record's window is shorter than one clip."""
+
+
+class ShortVideo(ValueError):
+    """The record's window holds fewer than ``T`` clips and the policy is ``skip``."""
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -126,53 +142,82 @@ def _grid(spec: ClipSpec, record) -> tuple[float, int, int, float]:
     return AUDIO_TICK_RATE, units, int(math.ceil(window_seconds * AUDIO_TICK_RATE)), window_seconds
 
 
-def clip_step(spec: ClipSpec, rate: float, room: int, window: int) -> float:
-    """Distance in frames between clip starts, given ``room`` frames of slack."""
-    nominal = max(1.0, round(spec.clip_seconds * rate))
-    if spec.clips == 1 or (spec.clips - 1) * nominal <= room:
-        return nominal
-    return max(math.ceil(window / 2), room / (spec.clips - 1))
+def window_units(record, rate: float, units: int) -> tuple[int, int]:
+    """``[first, end)`` grid units of the record's window clamped to the file (the whole
+    file when the record has no window)."""
+    window = getattr(record, "window", None)
+    if not window:
+        return 0, units
+    first = min(units, max(0, int(round(window[0] * rate))))
+    return first, min(units, max(first, int(round(window[1] * rate))))
 
 
-def sequence_layout(spec: ClipSpec, record) -> tuple[float, int, float, int]:
-    """``(step, valid_clips, slack, window_units)``: slack is the room left for the
-    sequence start. Raises ``TooShort`` when not even one window fits."""
-    rate, units, window, _ = _grid(spec, record)
-    room = units - window
-    if room < 0:
-        raise TooShort(f"{units} frames, one clip needs {window}")
-    step = clip_step(spec, rate, room, window)
-    valid = min(spec.clips, 1 + int(math.floor(room / step + 1e-9)))
-    return step, valid, room - (valid - 1) * step, window
+@dataclass(frozen=True)
+class SequenceLayout:
+    """Where a record's clips go, in grid units (frames, or ticks for audio-only records):
+    clip ``t`` starts at ``origin + offset + floor(t * step)`` for an ``offset`` in ``[0,
+    slack]``; the first ``valid`` clips fit the window (``T`` unless the video is short),
+    each ``clip`` units long."""
+
+    origin: int
+    step: float
+    valid: int
+    slack: float
+    clip: int
 
 
-def plan_clips(spec: ClipSpec, record, first: int) -> ClipPlan:
-    """The clips of the sequence starting at frame ``first``."""
+def sequence_layout(spec: ClipSpec, record) -> SequenceLayout:
+    """The clip layout of ``record``'s window (see the module docstring). Raises
+    ``TooShort`` when not even one clip fits."""
+    rate, units, clip, _ = _grid(spec, record)
+    origin, end = window_units(record, rate, units)
+    span = end - origin
+    if span < clip:
+        raise TooShort(f"a window of {span} frames (of {units}), one clip needs {clip}")
+    nominal = max(1.0, spec.clip_seconds * rate)
+    if spec.clips == 1:
+        return SequenceLayout(origin, nominal, 1, float(span - clip), clip)
+    even = span / spec.clips if clip <= span / spec.clips else (span - clip) / (spec.clips - 1)
+    step = max(nominal, even)
+    valid = min(spec.clips, 1 + int(math.floor((span - clip) / step + 1e-9)))
+    return SequenceLayout(origin, step, valid, max(0.0, span - clip - (valid - 1) * step), clip)
+
+
+def fitting_clips(spec: ClipSpec, record) -> int:
+    """How many of the ``T`` clips fit the record's window (0: not one)."""
+    try:
+        return sequence_layout(spec, record).valid
+    except TooShort:
+        return 0
+
+
+def plan_clips(spec: ClipSpec, record, offset: int) -> ClipPlan:
+    """The clips of the sequence ``offset`` units into the record's window."""
     rate, _, _, window_seconds = _grid(spec, record)
-    step, valid, _, _ = sequence_layout(spec, record)
-    offsets = np.round(np.arange(spec.clips) * step).astype(np.int64)
-    offsets[valid:] = offsets[valid - 1]
-    starts = first + offsets
+    layout = sequence_layout(spec, record)
+    offsets = np.floor(np.arange(spec.clips) * layout.step + 1e-9).astype(np.int64)
+    offsets[layout.valid:] = offsets[layout.valid - 1]
+    starts = layout.origin + offset + offsets
     frames = starts[:, None] + np.arange(spec.frames_per_clip)[None, :] * spec.frame_stride
     if not record.fps:  # audio-only: the window start is what matters
         frames = np.repeat(starts[:, None], spec.frames_per_clip, axis=1)
     return ClipPlan(frames=frames, starts=starts / rate, window_seconds=window_seconds,
-                    valid=np.arange(spec.clips) < valid)
+                    valid=np.arange(spec.clips) < layout.valid)
 
 
 def train_plan(spec: ClipSpec, record, rng: np.random.Generator) -> ClipPlan:
-    """One sequence at a random start."""
-    slack = sequence_layout(spec, record)[2]
+    """One sequence at a random offset."""
+    slack = sequence_layout(spec, record).slack
     return plan_clips(spec, record, int(rng.integers(0, int(math.floor(slack)) + 1)))
 
 
 def eval_plans(spec: ClipSpec, record) -> list[ClipPlan]:
-    """``test_views`` sequences with evenly spread starts (centred for one view)."""
-    slack = int(math.floor(sequence_layout(spec, record)[2]))
+    """``test_views`` sequences with evenly spread offsets (centred for one view)."""
+    slack = int(math.floor(sequence_layout(spec, record).slack))
     if spec.test_views == 1:
         return [plan_clips(spec, record, slack // 2)]
-    firsts = np.round(np.linspace(0, slack, spec.test_views)).astype(int)
-    return [plan_clips(spec, record, int(first)) for first in firsts]
+    offsets = np.round(np.linspace(0, slack, spec.test_views)).astype(int)
+    return [plan_clips(spec, record, int(offset)) for offset in offsets]
 
 
 def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -216,7 +261,12 @@ class SamplePlan:
 
 
 def plan_sample(spec: ClipSpec, record, train: bool, seed: int, epoch: int) -> SamplePlan:
-    """The views, crops and masking seed of ``record`` (raises ``TooShort``)."""
+    """The views, crops and masking seed of ``record``. Raises ``TooShort``, and
+    ``ShortVideo`` for a short video under the ``skip`` policy."""
+    if spec.short_videos == "skip":
+        fits = fitting_clips(spec, record)
+        if 0 < fits < spec.clips:
+            raise ShortVideo(f"its window holds {fits} of {spec.clips} clips {spec.clip_seconds:g} s apart")
     height, width = record.height or 0, record.width or 0
     if train:
         rng = sample_rng(seed, epoch, record.index)

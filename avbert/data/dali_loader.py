@@ -9,8 +9,9 @@ DALI graph then
   resizes, crops and mirrors them, as uint8 pixels (the model normalises them on the
   training device);
 - decodes the extracted FLAC with ``fn.decoders.audio``, cuts one window per clip and
-  computes ``fn.spectrogram -> fn.mel_filter_bank(htk, unnormalised) -> fn.to_decibels``,
-  the suite's log-mel (``avbert.data.audio``), cropped or padded to ``mel_frames``.
+  computes ``fn.spectrogram -> fn.mel_filter_bank(htk, unnormalised)`` and the log form
+  of ``data.log_mel`` (``fn.to_decibels``, or ``log(1e-6 + x)``), the suite's log-mel
+  (``avbert.data.audio``), cropped or padded to ``mel_frames``.
 
 SpecAugment masks are drawn per sample by ``avbert.data.audio.spec_augment`` from the
 plan's seed, exactly as the PyAV loader draws them, and applied inside the graph. On a
@@ -24,7 +25,8 @@ A record whose files fail the cheap checks (``probe.check_record``) or cannot be
 replaced by the next usable record while planning. When DALI fails on a batch, each of
 its videos is decoded alone to find the culprits; they are remembered, the batch is
 planned again without them and the pipeline is rebuilt, so the run goes on and every
-batch keeps its shape. Skips are counted per reason in ``skipped``.
+batch keeps its shape. Skips are counted per reason in ``skipped``, with the short videos
+kept and padded (``padded``, ``padded_clips``), as the PyAV loader counts them.
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ from typing import Optional
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import math as dali_math
 
-from avbert.data.audio import LOGMEL_MEAN, LOGMEL_STD, SILENCE_DB, spec_augment
-from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
+from avbert.data.audio import LN_OFFSET, LOGMEL_MEAN, LOGMEL_STD, SILENCE_DB, SILENCE_LN, spec_augment
+from avbert.data.clips import ClipSpec, SamplePlan
 from avbert.data.manifest import Manifest, MediaRecord
 from avbert.data.pixels import batch_squares, clip_layout, crop_box, crop_clips
 from avbert.data.probe import ProbeError, Reason, check_record, read_bytes, silent_flac
-from avbert.data.pyav_loader import first_usable, label_of, skip_counts, torch_threads
+from avbert.data.pyav_loader import first_usable, label_of, pad_counts, plan_record, skip_counts, torch_threads
 from avbert.data.sampler import epoch_order, rank_shard
 
 logger = logging.getLogger("avbert.data")
@@ -114,7 +117,7 @@ def crop_region(crop, height: int, width: int, side: int) -> np.ndarray:
 
 
 def _audio_branch(inputs, spec: ClipSpec):
-    """FLAC -> normalised log-mel ``[T, n_mels, mel_frames]``, times the SpecAugment
+    """FLAC -> model-input log-mel ``[T, n_mels, mel_frames]``, times the SpecAugment
     keep-mask when one is fed."""
     audio, starts, length, *keep = inputs
     wave, _ = fn.decoders.audio(audio, sample_rate=spec.sample_rate, downmix=True, dtype=types.FLOAT)
@@ -129,11 +132,15 @@ def _audio_branch(inputs, spec: ClipSpec):
     mel = fn.mel_filter_bank(fn.stack(*spectra), sample_rate=spec.sample_rate, nfilter=spec.n_mels,
                              freq_low=0.0, freq_high=spec.sample_rate / 2, mel_formula="htk",
                              normalize=False)
-    db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=SILENCE_DB)
-    db = fn.slice(db, start=[0], shape=[spec.mel_frames], axes=[2], out_of_bounds_policy="pad",
-                  fill_values=SILENCE_DB)
-    normalised = (db - LOGMEL_MEAN) / LOGMEL_STD
-    return normalised * keep[0] if keep else normalised
+    if spec.log_mel == "ln":  # the released form, unscaled
+        logmel = fn.slice(dali_math.log(mel + LN_OFFSET), start=[0], shape=[spec.mel_frames], axes=[2],
+                          out_of_bounds_policy="pad", fill_values=SILENCE_LN)
+    else:
+        db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=SILENCE_DB)
+        db = fn.slice(db, start=[0], shape=[spec.mel_frames], axes=[2], out_of_bounds_policy="pad",
+                      fill_values=SILENCE_DB)
+        logmel = (db - LOGMEL_MEAN) / LOGMEL_STD
+    return logmel * keep[0] if keep else logmel
 
 
 def build_pipeline(spec: ClipSpec, source, batch_size: int, regions: int, need_video: bool, masked: bool,
@@ -258,10 +265,7 @@ class DaliLoader:
         if position in self.bad:
             raise ProbeError(self.bad[position], "failed in DALI earlier")
         check_record(record, self.need_video, self.require_audio)
-        try:
-            plan = plan_sample(self.spec, record, self.train, self.seed, epoch)
-        except TooShort as err:
-            raise ProbeError(Reason.TOO_SHORT, str(err)) from None
+        plan = plan_record(self.spec, record, self.train, self.seed, epoch)
         video = read_bytes(record.video) if self.need_video else None
         audio = read_bytes(record.audio) if record.audio else silent_flac(self.spec.sample_rate)
         return Planned(position, record, plan, video, audio, [])
@@ -369,7 +373,8 @@ class DaliLoader:
 
     def _count(self, planned: list[Planned]) -> None:
         for planned_sample in planned:
-            for key, value in skip_counts(planned_sample.reasons).items():
+            counts = {**skip_counts(planned_sample.reasons), **pad_counts(planned_sample.plan)}
+            for key, value in counts.items():
                 self.skipped[key] = self.skipped.get(key, 0) + value
 
     def _fetch(self) -> tuple[dict, list[Planned]]:

@@ -7,7 +7,11 @@ so both flat and per-class folder trees work.
 
 - ``kinetics700``: ``annotations/{train,val,test}.csv`` (CVDF Kinetics-700-2020:
   ``label,youtube_id,time_start,time_end,split``), files named
-  ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` (or ``<youtube_id>.<ext>``).
+  ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` (the distributed 10 s segment) or
+  ``<youtube_id>.<ext>`` (the untrimmed source video). Each entry carries its annotated
+  ``segment`` in its file's timeline (``[0, end - start]`` for a segment file), from
+  which the preparer takes the record's window. A row that does not parse is refused
+  with the file, the line and what is wrong (``AnnotationError``).
 - ``kinetics_sounds``: the same files restricted to the Kinetics-Sounds classes.
 - ``ucf101``: ``ucfTrainTestlist/{classInd.txt,trainlist0k.txt,testlist0k.txt}``; splits
   ``train1..3`` / ``test1..3``.
@@ -54,6 +58,7 @@ class Entry:
     path: Optional[str]
     labels: list[str]
     splits: list[str]
+    segment: Optional[tuple[float, float]] = None  # annotated [start, end] seconds in the file's timeline
 
 
 def index_media(root: Path, extensions: tuple[str, ...]) -> dict[str, str]:
@@ -66,6 +71,10 @@ def index_media(root: Path, extensions: tuple[str, ...]) -> dict[str, str]:
             if ext.lower() in extensions:
                 found.setdefault(stem.lower(), os.path.join(folder, name))
     return found
+
+
+class AnnotationError(ValueError):
+    """An annotation file that cannot be read as its format says, with where and why."""
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -114,32 +123,66 @@ class DatasetLayout(ABC):
 class Kinetics700(DatasetLayout):
     name = "kinetics700"
     split_files = {"train": ("train.csv",), "val": ("val.csv", "validate.csv"), "test": ("test.csv",)}
+    columns = ("youtube_id", "time_start", "time_end")
 
-    def rows(self) -> Iterable[tuple[str, dict]]:
+    def rows(self) -> Iterable[tuple[str, str, dict]]:
+        """``(split, "file:line", row)`` of every annotation row, each checked
+        (``AnnotationError``): a YouTube id, and a segment of seconds that ends after it starts."""
         for split, names in self.split_files.items():
             try:
                 path = self.annotation(*[f"annotations/{n}" for n in names], *names)
             except FileNotFoundError:
                 continue
-            for row in read_csv(path):
-                yield split, row
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle, skipinitialspace=True)
+                missing = [c for c in self.columns if c not in (reader.fieldnames or [])]
+                if missing:
+                    raise AnnotationError(f"{path}:1: the header lacks column(s) {', '.join(missing)} "
+                                          f"(Kinetics format: label,youtube_id,time_start,time_end,split)")
+                for row in reader:
+                    where = f"{path}:{reader.line_num}"
+                    yield split, where, self.checked(row, where)
+
+    def checked(self, row: dict, where: str) -> dict:
+        """``row`` with ``time_start`` and ``time_end`` as floats, or ``AnnotationError``."""
+        if None in row:
+            raise AnnotationError(f"{where}: {len(row) - 1 + len(row[None])} fields, the header has {len(row) - 1}")
+        short = [c for c in self.columns if row.get(c) is None]
+        if short:
+            raise AnnotationError(f"{where}: the row has no {', '.join(short)} (fewer fields than the header)")
+        if not row["youtube_id"].strip():
+            raise AnnotationError(f"{where}: youtube_id is empty")
+        times = {}
+        for column in ("time_start", "time_end"):
+            try:
+                times[column] = float(row[column])
+            except ValueError:
+                raise AnnotationError(f"{where}: {column} {row[column]!r} is not a number of seconds") from None
+            if not 0 <= times[column] < float("inf"):
+                raise AnnotationError(f"{where}: {column} {row[column]!r} is not a time (seconds >= 0)")
+        if times["time_end"] <= times["time_start"]:
+            raise AnnotationError(f"{where}: time_end {row['time_end']} is not after time_start {row['time_start']}")
+        return {**row, "youtube_id": row["youtube_id"].strip(), **times}
 
     def keep(self, label: str) -> bool:
         """Whether an entry of class ``label`` ("" when held out) belongs to the dataset."""
         return True
 
     def classes(self) -> list[str]:
-        return sorted({row["label"] for _, row in self.rows() if row.get("label") and self.keep(row["label"])})
+        return sorted({row["label"] for _, _, row in self.rows() if row.get("label") and self.keep(row["label"])})
 
     def entries(self) -> list[Entry]:
         entries = []
-        for split, row in self.rows():
+        for split, _, row in self.rows():
             label = row.get("label") or ""
             if not self.keep(label):
                 continue
-            ytid, start, end = row["youtube_id"], int(float(row["time_start"])), int(float(row["time_end"]))
-            clip = f"{ytid}_{start:06d}_{end:06d}"
-            entries.append(Entry(clip, self.find(clip, ytid), [label] if label else [], [split]))
+            ytid, start, end = row["youtube_id"], row["time_start"], row["time_end"]
+            clip = f"{ytid}_{int(start):06d}_{int(end):06d}"
+            segment_file = self.find(clip)
+            path = segment_file or self.find(ytid)
+            segment = (0.0, end - start) if segment_file else (start, end)  # a segment file starts at time_start
+            entries.append(Entry(clip, path, [label] if label else [], [split], segment))
         if not entries:
             raise FileNotFoundError(f"{self.name}: no annotations/{{train,val,test}}.csv under {self.root}")
         return entries

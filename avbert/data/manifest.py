@@ -7,12 +7,16 @@ Every dataset (Kinetics-700, Kinetics-Sounds, UCF101, ESC-50, Charades, AudioSet
      "audio": "/data/k700-audio/...flac", "label": 0, "labels": null,
      "splits": ["train"], "duration": 10.0, "fps": 30.0, "num_frames": 300,
      "codec": "h264", "width": 340, "height": 256, "sample_rate": 16000,
-     "video_bytes": 1234567, "audio_bytes": 234567, "vfr": false}
+     "video_bytes": 1234567, "audio_bytes": 234567, "vfr": false, "window": [0.0, 10.0]}
 
 - ``video`` is null for audio-only datasets (ESC-50); ``audio`` is the mono FLAC the
   preparer extracted at the configured sample rate, starting at the first video frame.
 - ``label`` is a class index (null when unknown, e.g. a held-out test set); multi-label
   datasets (Charades, AudioSet) give ``labels``, a list of class indices, instead.
+- ``window`` is the stretch the clips are taken from, ``[start, end]`` seconds from the
+  first video frame (the audio file's start): the 30 s around the annotated segment of a
+  Kinetics-700 source video. Loaders clamp it to the file; null (or absent) means the
+  whole file (``avbert.data.clips``).
 - ``splits`` lists every split the video belongs to: ``train``/``val``/``test``, or
   ``train1``/``test1``.. for UCF101's three official splits and ESC-50's five folds
   (``test<k>`` is fold k, ``train<k>`` the other four).
@@ -55,6 +59,7 @@ class MediaRecord:
     video_bytes: Optional[int] = None
     audio_bytes: Optional[int] = None
     vfr: bool = False
+    window: Optional[list[float]] = None  # [start, end] seconds; None: the whole file
     index: int = field(default=-1, compare=False)  # position in the manifest, set on load
 
     def to_json(self) -> str:
@@ -75,6 +80,14 @@ class MediaRecord:
         missing = {"video", "audio", "splits", "duration"} - set(data)
         if missing:
             raise ValueError(f"manifest record {index} lacks {sorted(missing)}")
+        window = data.get("window")
+        if window is not None:
+            if (not isinstance(window, (list, tuple)) or len(window) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)
+                    or not 0 <= window[0] < window[1]):
+                raise ValueError(f"manifest record {index}: window {window!r} is not [start, end] seconds "
+                                 "with 0 <= start < end")
+            data["window"] = [float(window[0]), float(window[1])]
         return cls(**{k: v for k, v in data.items() if k in known}, index=index)
 
     def paths(self) -> list[str]:
@@ -161,7 +174,10 @@ def _read_records(path: Path) -> list[MediaRecord]:
                 data = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{line_no + 1}: not JSON ({err})") from None
-            record = MediaRecord.from_dict(data, index=len(records))
+            try:
+                record = MediaRecord.from_dict(data, index=len(records))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}:{line_no + 1}: {err}") from None
             record.video = _resolve(record.video, path.parent)
             record.audio = _resolve(record.audio, path.parent)
             records.append(record)

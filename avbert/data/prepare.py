@@ -7,10 +7,17 @@ transcodes variable-frame-rate videos when asked, and writes its audio as mono F
 Every file gets ``timeout`` seconds: a worker that runs over (or crashes inside FFmpeg)
 is killed and replaced, and the file is reported, so one bad file never stalls a run.
 
+Where the annotations name a segment of the file (Kinetics), the record gets a
+``window``: ``window_seconds`` centred on the segment (the segment itself when None),
+moved inside the file, or the whole file when the file is shorter. An entry whose
+segment lies outside its file is skipped (``segment_outside``).
+
 It writes the manifest, the class names beside it, and ``<name>.report.json`` listing
-every skipped file with its reason and every kept file with a warning (an extension
+every skipped file with its reason, every kept file with a warning (an extension
 that does not match the container, a missing audio track where the dataset does not
-need one).
+need one), and how many kept videos are short for the clip geometry ``geometry``
+(``avbert.data.clips``: fewer than ``T`` clips fit their window), which a run then pads
+or skips as ``data.short_videos`` says.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Callable, Iterable, Optional
 
 import av
 
+from avbert.data.clips import ClipSpec, fitting_clips
 from avbert.data.datasets import DatasetLayout, Entry
 from avbert.data.manifest import MediaRecord, report_path, write_manifest
 from avbert.data.probe import MediaInfo, ProbeError, Reason, extract_audio, probe_media, transcode_cfr
@@ -48,6 +56,8 @@ class PrepareOptions:
     require_audio: bool = True
     timeout: float = 300.0
     overwrite: bool = False
+    window_seconds: Optional[float] = None  # the window around an annotated segment; None: the segment
+    geometry: ClipSpec = field(default_factory=ClipSpec)  # what the report counts short videos against
 
 
 @dataclass
@@ -125,6 +135,25 @@ def _record(job: Job, info: Optional[MediaInfo], video_path: Optional[str],
         video_bytes=info.size if video else None, audio_bytes=audio[1] if audio else None)
 
 
+def record_window(segment: tuple[float, float], origin: float, duration: float,
+                  length: Optional[float]) -> list[float]:
+    """``[start, end]`` seconds from the first frame (media time ``origin``) of a file of
+    ``duration`` seconds: ``length`` seconds centred on the annotated ``segment`` (media
+    time; the segment itself for None), moved inside the file, the whole file when it is
+    shorter. ``ProbeError`` when the segment lies outside the file."""
+    first, last = segment[0] - origin, segment[1] - origin
+    if last <= 0 or first >= duration:
+        raise ProbeError(Reason.SEGMENT_OUTSIDE, f"the annotated segment {segment[0]:g}-{segment[1]:g} s lies "
+                                                 f"outside the file's {duration:.2f} s")
+    if length is None:
+        start, end = max(0.0, first), min(duration, last)
+    else:
+        length = min(length, duration)
+        start = min(max(0.0, (first + last - length) / 2), duration - length)
+        end = start + length
+    return [round(start, 4), round(end, 4)]
+
+
 def _flac_seconds(path: str) -> float:
     with av.open(path) as container:
         stream = container.streams.audio[0]
@@ -158,6 +187,8 @@ def _prepare(job: Job) -> Outcome:
     else:
         flags.append("no audio stream (kept: this dataset does not need audio)")
     record = _record(job, video_info, video_path, audio, video_info.video.duration)
+    if job.entry.segment is not None:
+        record.window = record_window(job.entry.segment, info.video.start, record.duration, job.options.window_seconds)
     return Outcome(job.entry.id, info.path, record, flags=flags)
 
 
@@ -283,19 +314,43 @@ def run_jobs(jobs: list[Job], workers: int, timeout: float,
     return outcomes
 
 
-def write_report(outcomes: list[Outcome], manifest: Path, meta: dict) -> dict:
-    """``<name>.report.json``: counts, every skipped file and every warning."""
+SHORT_EXAMPLES = 20
+
+
+def short_videos(records: list[MediaRecord], geometry: ClipSpec) -> dict:
+    """How many ``records`` are short for ``geometry`` (fewer than ``T`` clips fit their
+    window), the first few of them, and what a run does with them."""
+    short = [(r, fitting_clips(geometry, r)) for r in records]
+    short = [(r, fits) for r, fits in short if fits < geometry.clips]
+    return {"count": len(short), "clips": geometry.clips, "clip_seconds": geometry.clip_seconds,
+            "policy": "data.short_videos: pad keeps them with invalid clips masked, skip leaves them out",
+            "examples": [{"id": r.id, "clips": fits, "seconds": round(_window_seconds(r), 3)}
+                         for r, fits in short[:SHORT_EXAMPLES]]}
+
+
+def _window_seconds(record: MediaRecord) -> float:
+    start, end = record.window or (0.0, record.duration)
+    return min(end, record.duration) - start
+
+
+def write_report(outcomes: list[Outcome], manifest: Path, meta: dict,
+                 geometry: Optional[ClipSpec] = None) -> dict:
+    """``<name>.report.json``: counts, every skipped file, every warning, and the short
+    videos for ``geometry`` (the paper's clips by default)."""
     skipped = [o for o in outcomes if o.reason]
     counts: dict[str, int] = {}
     for outcome in skipped:
         counts[outcome.reason] = counts.get(outcome.reason, 0) + 1
+    kept = [o.record for o in outcomes if o.record]
     report = {**meta, "manifest": str(manifest), "total": len(outcomes),
               "kept": len(outcomes) - len(skipped), "skipped_by_reason": counts,
+              "short_videos": short_videos(kept, geometry or ClipSpec()),
               "skipped": [{"id": o.id, "path": o.path, "reason": o.reason, "detail": o.detail} for o in skipped],
               "warnings": [{"id": o.id, "path": o.path, "flags": o.flags}
                            for o in outcomes if o.flags and not o.reason]}
-    report_path(manifest).write_text(json.dumps(report, indent=1))
-    return report
+    text = json.dumps(report, indent=1)
+    report_path(manifest).write_text(text)
+    return json.loads(text)  # what the file says (tuples of the options as lists)
 
 
 def prepare_dataset(layout: DatasetLayout, manifest: str | Path, options: PrepareOptions,
@@ -312,4 +367,4 @@ def prepare_dataset(layout: DatasetLayout, manifest: str | Path, options: Prepar
     write_manifest([o.record for o in outcomes if o.record], manifest, classes)
     meta = {"dataset": layout.name, "root": str(layout.root), "classes": len(classes),
             "options": asdict(options)}
-    return write_report(outcomes, manifest, meta)
+    return write_report(outcomes, manifest, meta, options.geometry)

@@ -42,6 +42,8 @@ class Reason:
     NO_AUDIO = "no_audio"
     ONE_FRAME = "one_frame"
     TOO_SHORT = "too_short"
+    SHORT_VIDEO = "short_video"  # fewer than T clips fit its window, under data.short_videos: skip
+    SEGMENT_OUTSIDE = "segment_outside"  # the annotated segment lies outside the file
     VFR = "variable_frame_rate"
     TIMEOUT = "timeout"
     CHANGED = "changed"  # size differs from the manifest: rewritten after preparation

@@ -15,7 +15,10 @@ by CPU): the two loaders' crops agree within 2 grey levels on average.
 
 A record that cannot be used (see ``probe.Reason``) is replaced by the next usable record
 of the manifest, and counted: every sample carries ``skipped`` and
-``skipped/<reason>`` counts, which ``ResumableLoader`` sums for the training metrics.
+``skipped/<reason>`` counts, which ``ResumableLoader`` sums for the training metrics. A
+short video (``avbert.data.clips``: fewer than ``T`` clips fit its window) is one such
+record under ``data.short_videos: skip`` (reason ``short_video``); under ``pad`` it is
+kept, and the sample counts it in ``padded`` (1) and ``padded_clips`` (its invalid clips).
 """
 
 from __future__ import annotations
@@ -34,16 +37,17 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from avbert.data import handover
 from avbert.data.audio import clip_logmel, spec_augment
-from avbert.data.clips import ClipSpec, SamplePlan, TooShort, plan_sample
+from avbert.data.clips import ClipSpec, SamplePlan, ShortVideo, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
 from avbert.data.pixels import batch_squares, clip_layout, crop_clips, stack_clips
 from avbert.data.probe import ProbeError, Reason, check_record, rgb
-from avbert.data.sampler import ResumableLoader, from_worker
+from avbert.data.sampler import ResumableLoader, from_worker, is_counter
 from avbert.data.sampler import collate as sampler_collate
 
 MAX_SUBSTITUTES = 32
 RUNTIME_REASONS = (Reason.MISSING, Reason.UNREADABLE, Reason.EMPTY, Reason.CHANGED, Reason.NO_VIDEO,
-                   Reason.NO_AUDIO, Reason.ONE_FRAME, Reason.TOO_SHORT, Reason.VFR, Reason.DECODE_ERROR)
+                   Reason.NO_AUDIO, Reason.ONE_FRAME, Reason.TOO_SHORT, Reason.SHORT_VIDEO, Reason.VFR,
+                   Reason.DECODE_ERROR)
 Loaded = TypeVar("Loaded")
 SEEK_GAP_SECONDS = 2.0
 """Frames further apart than this are reached by seeking rather than decoding through."""
@@ -140,6 +144,24 @@ def skip_counts(reasons: list[str]) -> dict[str, int]:
     return counts
 
 
+def pad_counts(plan: SamplePlan) -> dict[str, int]:
+    """``padded`` (1 for a short video kept under the ``pad`` policy) and ``padded_clips``
+    (its clips masked invalid) of one sample; every view has the same valid clips."""
+    invalid = int((~plan.views[0][0].valid).sum())
+    return {"padded": int(invalid > 0), "padded_clips": invalid}
+
+
+def plan_record(spec: ClipSpec, record: MediaRecord, train: bool, seed: int, epoch: int) -> SamplePlan:
+    """``clips.plan_sample``, with a record it cannot plan as a ``ProbeError``:
+    ``too_short`` (not one clip fits) or ``short_video`` (the ``skip`` policy)."""
+    try:
+        return plan_sample(spec, record, train, seed, epoch)
+    except ShortVideo as err:
+        raise ProbeError(Reason.SHORT_VIDEO, str(err)) from None
+    except TooShort as err:
+        raise ProbeError(Reason.TOO_SHORT, str(err)) from None
+
+
 @contextmanager
 def torch_threads(count: int):
     """Run torch ops in ``count`` threads for a while (then as before)."""
@@ -224,10 +246,7 @@ class ManifestDataset(Dataset):
         """The sample of record ``position``; ``ProbeError`` when it cannot be used."""
         record = self.records[position]
         check_record(record, self.need_video, self.require_audio)
-        try:
-            plan = plan_sample(self.spec, record, self.train, self.seed, self.epoch)
-        except TooShort as err:
-            raise ProbeError(Reason.TOO_SHORT, str(err)) from None
+        plan = plan_record(self.spec, record, self.train, self.seed, self.epoch)
         sample = {}
         try:
             if self.need_video:
@@ -240,7 +259,7 @@ class ManifestDataset(Dataset):
             sample = {key: value[0] for key, value in sample.items()}
         sample["label"] = label_of(record, self.manifest)
         sample["index"] = torch.tensor(record.index, dtype=torch.int64)
-        return sample
+        return {**sample, **pad_counts(plan)}
 
     def __getitem__(self, position: int) -> dict:
         with torch_threads(1):  # per-sample ops are small: waking a thread pool costs more
@@ -315,6 +334,6 @@ class PyAVEvalLoader:
 
     def __iter__(self):
         for batch in map(from_worker, self.loader):
-            for key in [k for k in batch if k.startswith("skipped")]:
+            for key in [k for k in batch if is_counter(k)]:
                 self.skipped[key] = self.skipped.get(key, 0) + int(batch.pop(key).sum())
             yield batch

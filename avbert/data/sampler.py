@@ -11,8 +11,9 @@ produced next.
 
 A dataset may report items it had to skip (an unreadable file, a clip too
 short) by adding integer fields named ``skipped`` or ``skipped/<reason>`` to
-the items it returns; the loader removes them from the batch and keeps running
-totals in ``skipped`` for the training metrics.
+the items it returns, and short videos it padded by fields named ``padded`` and
+``padded_clips``; the loader removes these counters from the batch and keeps running
+totals in ``skipped`` (every counter by its name) for the training metrics.
 
 Batches made in DataLoader worker processes (``collate``) carry their small fields
 (labels, indices, masks, skip counts) inline, as numpy arrays pickled into the batch
@@ -33,12 +34,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_
 from avbert.data import handover
 
 SKIPPED_PREFIX = "skipped"
+COUNTER_PREFIXES = (SKIPPED_PREFIX, "padded")
+"""Batch fields that are data counters (``is_counter``), not model inputs."""
 INLINE_BYTES = 1 << 16
 """A batch field of at most this many bytes leaves a worker inline (see ``collate``).
 Each tensor handed over from a worker costs a shared-memory file there and, in the
 training process, a connection to the worker's resource sharer that passes its file
 descriptor: about 0.25 ms of CPU per tensor on each side (a manifest batch has 16
 fields), against microseconds to pickle 64 KiB."""
+
+
+def is_counter(key: str) -> bool:
+    """Whether batch field ``key`` is a data counter (``skipped...``, ``padded...``)."""
+    return key.startswith(COUNTER_PREFIXES)
 
 
 def _inlinable(value) -> bool:
@@ -155,7 +163,7 @@ class ResumableLoader:
         return batch
 
     def _count_skipped(self, batch: dict) -> None:
-        for key in [k for k in batch if k.startswith(SKIPPED_PREFIX)]:
+        for key in [k for k in batch if is_counter(k)]:
             value = batch.pop(key)
             if torch.is_tensor(value):
                 count = int(value.sum())

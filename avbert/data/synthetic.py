@@ -79,7 +79,8 @@ class SyntheticSpec(VideoGrid):
 
     A video is ``clips`` x ``frames_per_clip`` frames of ``frame_size``^2 at ``fps`` (2 s
     by default) with mono audio at ``sample_rate``; each clip gives an ``n_mels`` x
-    ``mel_frames`` log-mel patch (hop = clip samples // mel_frames). Difficulty:
+    ``mel_frames`` log-mel patch (hop = clip samples // mel_frames) in the ``log_mel``
+    form of ``avbert.data.audio.LogMel`` (the data config's). Difficulty:
     ``event_noise`` (chance a clip leaves its class chain), ``pixel_noise`` (std, 0..255
     scale), ``audio_noise`` (white-noise std, full scale 1). Every ``holdout_every``-th
     video is in the "val" split.
@@ -96,6 +97,7 @@ class SyntheticSpec(VideoGrid):
     n_mels: int = 40
     mel_frames: int = 32
     n_fft: int = 400
+    log_mel: str = "db"
     event_noise: float = 0.2
     pixel_noise: float = 12.0
     audio_noise: float = 0.05
@@ -118,7 +120,7 @@ class SyntheticSpec(VideoGrid):
         return np.arange(self.clips) * self.clip_duration
 
     def logmel(self) -> LogMel:
-        return LogMel(self.sample_rate, self.n_fft, self.hop_length, self.n_mels)
+        return LogMel(self.sample_rate, self.n_fft, self.hop_length, self.n_mels, scale=self.log_mel)
 
 
 @dataclass

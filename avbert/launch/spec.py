@@ -33,18 +33,17 @@ from __future__ import annotations
 
 import difflib
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 
-from avbert.config import ConfigError, DownstreamConfig, merge_into, read_yaml
+from avbert.config import ConfigError, merge_into, read_yaml
 from avbert.launch.resources import StageResources
 
 SCALES = ("paper", "tiny")
-DOWNSTREAM_TASKS = typing.get_args(typing.get_type_hints(DownstreamConfig)["task"])
+ROW_PER_STAGE_LAYOUTS = ("downstream", "components")  # a row per evaluated stage, not per variant
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 NAME_RULE = "lowercase letters, digits and _ . + -, starting with a letter or digit"
 
@@ -99,13 +98,13 @@ class ReferenceSpec:
 class ReportSpec:
     """How the results tool lays out this experiment's table.
 
-    ``reference`` is keyed by variant; in the ``downstream`` layout, whose rows
-    are downstream tasks, it is keyed by stage (ucf101, esc50, ...). The tables
-    show it only beside rows of a task the paper reports, never the synthetic
-    set (``avbert.results.tables.row_reference``).
+    ``reference`` is keyed by variant; in the ``downstream`` and ``components`` layouts,
+    whose rows are evaluated stages, by stage or ``variant/stage`` (``reference_keys``).
+    The tables show it only beside rows whose task and protocol are the paper's, never
+    the synthetic set (``avbert.results.tables.row_reference``).
     """
 
-    layout: Literal["sharing", "negative_sampling", "fusion", "downstream"] = "sharing"
+    layout: Literal["sharing", "negative_sampling", "fusion", "downstream", "components"] = "sharing"
     title: str = ""
     reference: dict[str, ReferenceSpec] = field(default_factory=dict)
 
@@ -334,11 +333,27 @@ def _check_from_scratch(spec: ExperimentSpec, source: str) -> None:
             raise ConfigError("no downstream (finetune or linear) stage to run from scratch", source, key)
 
 
+def reference_keys(spec: ExperimentSpec) -> list[str]:
+    """What ``report.reference`` may be keyed by. Tables of one row per variant (sharing,
+    negative sampling, fusion): a variant. Tables of downstream rows (downstream, components):
+    a stage (``ucf101-finetune``, its rows over every split), a stage expanded over its axes
+    (``kinetics_sounds-finetune-v_cnn``), either one for one variant (``audioset/ucf101-finetune``)."""
+    variants = [*(name for name, _, _ in expand_grid(spec.grid)), *spec.grid.from_scratch]
+    if spec.report.layout not in ROW_PER_STAGE_LAYOUTS:
+        return variants
+    stages = []
+    for name, stage in spec.stages.items():
+        stages.append(name)
+        stages += [f"{name}-{label}" for label, _ in expand_axes(stage.axes) if label]
+    return [*stages, *(f"{variant}/{stage}" for variant in variants for stage in stages)]
+
+
 def _check_report(spec: ExperimentSpec, source: str) -> None:
-    if spec.report.layout == "downstream":
-        rows, what = [*spec.stages, *DOWNSTREAM_TASKS], "stage or downstream task"
-    else:
-        rows, what = [*(name for name, _, _ in expand_grid(spec.grid)), *spec.grid.from_scratch], "variant"
+    """Every reference key names rows of the table (``reference_keys``): a key that matches no
+    row would leave the paper's number out of the table without a word."""
+    keys = reference_keys(spec)
+    what = "stage (or variant/stage)" if spec.report.layout in ROW_PER_STAGE_LAYOUTS else "variant"
     for row in spec.report.reference:
-        if row not in rows:
-            raise ConfigError(f"unknown {what}; {_closest(row, rows)}", source, f"report.reference.{row}")
+        if row not in keys:
+            raise ConfigError(f"matches no row of the table: not a {what} of this experiment; "
+                              f"{_closest(row, keys)}", source, f"report.reference.{row}")

@@ -63,8 +63,8 @@ class AVBert(nn.Module):
         tcfg = cfg.transformer
         self.fusion = cfg.fusion
         self.width = tcfg.width
-        self.visual_cnn = visual_encoder(cfg.visual.depth, cfg.visual.width, cfg.visual.temporal_kernel, tcfg.width)
-        self.audio_cnn = audio_encoder(cfg.audio.depth, cfg.audio.width, tcfg.width)
+        self.visual_cnn = visual_encoder(cfg.visual, tcfg.width)
+        self.audio_cnn = audio_encoder(cfg.audio, tcfg.width)
         groups = GROUPS_BY_FUSION[cfg.fusion]
         self.transformers = build_transformers(groups, tcfg, cfg.sharing)
         embeddings = {}

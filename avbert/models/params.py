@@ -38,6 +38,15 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"transformers": transformers, "cnns": cnns, "total": _unique_count(model)}
 
 
+def count_cnn_parameters(model: nn.Module) -> dict[str, int]:
+    """{"visual", "audio", "projections", "cnns"} for an AVBert model: the visual and
+    audio ResNets alone, their two token projections (linear + LayerNorm) together, and
+    the sum (``count_parameters``'s "cnns")."""
+    visual, audio = _unique_count(model.visual_cnn.cnn), _unique_count(model.audio_cnn.cnn)
+    cnns = _unique_count(model.visual_cnn, model.audio_cnn)
+    return {"visual": visual, "audio": audio, "projections": cnns - visual - audio, "cnns": cnns}
+
+
 def sharing_variant(base: ModelConfig, name: str) -> ModelConfig:
     """``base`` with the sharing of one row of the paper's table."""
     from dataclasses import replace

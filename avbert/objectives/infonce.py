@@ -86,7 +86,14 @@ def info_nce_from_scores(scores: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def info_nce(scorer: nn.Module, queries: torch.Tensor, positives: torch.Tensor,
-             negatives: torch.Tensor) -> dict[str, torch.Tensor]:
-    """queries o [Q, D], positives x [Q, D], negatives [Q, K, D] -> {"loss", "acc"}."""
+             negatives: torch.Tensor, present: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """queries o [Q, D], positives x [Q, D], negatives [Q, K, D] -> {"loss", "acc"}.
+
+    ``present`` [Q, K] bool marks the negatives that exist (a query with fewer candidates
+    than K has fewer); the others are left out of the denominator (score -inf)."""
     candidates = torch.cat([positives.unsqueeze(1), negatives], dim=1)
-    return info_nce_from_scores(scorer(queries, candidates))
+    scores = scorer(queries, candidates)
+    if present is not None:
+        keep = torch.cat([present.new_ones(present.shape[0], 1), present.bool()], dim=1)
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return info_nce_from_scores(scores)

@@ -150,7 +150,8 @@ class AVBertPretrainer(nn.Module):
     def _mep(self, scorer: str, outputs: torch.Tensor, targets: torch.Tensor, chosen: torch.Tensor,
              valid: torch.Tensor) -> dict[str, torch.Tensor]:
         return masked_embedding_prediction(outputs, targets, chosen, valid, self.sampler,
-                                           self.scorers[scorer], self.objective.num_negatives)
+                                           self.scorers[scorer], self.objective.num_negatives,
+                                           scope=self.objective.negatives_scope)
 
     def _collect(self, terms: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         weights = self.objective.weights

@@ -3,12 +3,16 @@
 Every sampler has one interface::
 
     sampler(embeddings [B, T, D], valid [B, T] bool, queries [Q, 2] of (b, t), K)
-        -> LongTensor [Q, K] of flat indices into the B*T positions
+        -> LongTensor [Q, K'] of flat indices into the B*T positions, -1 for none
 
 and never returns a query's own position (its positive) nor an invalid
-(padded) position. Candidates are drawn without replacement when a query has
-at least K of them, with replacement otherwise. The four samplers are the
-paper's comparison:
+(padded) position. Negatives are drawn without replacement: a query gets
+min(K, its number of candidates) of them, and K' = min(K, the most candidates
+any query has); a query with fewer candidates than K' has -1 in the columns
+left over, which MEP leaves out of the InfoNCE denominator. Current-Sequence
+in the paper's setting (T = 10 clips, K = 16) thus has 9 distinct negatives, each
+counted once, rather than 16 draws that repeat some of the 9. The four samplers are
+the paper's comparison:
 
 - ``current_sequence``: positions of the query's own video only (all hard);
 - ``current_minibatch``: uniform over the minibatch (many easy);
@@ -16,8 +20,19 @@ paper's comparison:
   content-aware negative sampling (CANS) favouring hard negatives;
 - ``cans_dissimilar``: P(j) ∝ exp(-cos(x_q, x_j) / temperature), the ablation.
 
+CANS: the paper says only that the probability of drawing x_j grows (Similar) or
+shrinks (Dissimilar) with Sim(x_q, x_j) on the CNN embedding space. The suite's
+choices: Sim is the cosine of the CNN tokens (after the projection and LayerNorm,
+the MEP targets), the distribution a softmax over the candidates at temperature
+``objective.temperature`` (0.1: a cosine 0.1 higher makes a draw e times likelier),
+draws without replacement (successive draws renormalise over the candidates left).
 Similarities are computed on detached CNN embeddings: sampling is not
 differentiable and must not steer the CNN.
+
+The candidates are the positions of the rank's own minibatch (``objective.
+negatives_scope: rank``), or those of every rank's (``global``: the tokens are
+gathered from all ranks, without gradient for the other ranks' ones;
+``avbert.objectives.mep``).
 
 Randomness is state: each sampler holds a seed and a draw counter as buffers
 and draws from a generator seeded from (seed, stream, counter, rank), so a
@@ -76,19 +91,22 @@ class SeededDraws(nn.Module):
 
 
 def draw_indices(weights: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
-    """Draw ``num`` column indices per row of non-negative ``weights`` [Q, N].
+    """Draw up to ``num`` column indices per row of non-negative ``weights`` [Q, N], without
+    replacement -> LongTensor [Q, K], K = min(num, the most candidates any row has).
 
-    Rows with at least ``num`` positive weights are drawn without
-    replacement, the others with replacement.
+    A row with fewer than K candidates (positive weights) gets all of them, in drawn order,
+    and -1 in its remaining columns: a negative is never drawn twice, so no candidate
+    counts more than once in the InfoNCE denominator.
     """
     available = (weights > 0).sum(dim=1)
     if bool((available == 0).any()):
         raise ValueError("a query has no candidate negative (its video or minibatch has no other valid position)")
-    out = torch.empty(weights.shape[0], num, dtype=torch.long, device=weights.device)
-    enough = available >= num
-    for rows, replacement in ((enough, False), (~enough, True)):
-        if bool(rows.any()):
-            out[rows] = torch.multinomial(weights[rows], num, replacement=replacement, generator=generator)
+    width = int(min(num, int(available.max())))
+    out = torch.full((weights.shape[0], width), -1, dtype=torch.long, device=weights.device)
+    drawn = available.clamp(max=width)
+    for count in drawn.unique().tolist():
+        rows = drawn == count
+        out[rows, :count] = torch.multinomial(weights[rows], count, replacement=False, generator=generator)
     return out
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from avbert.launch.spec import ROW_PER_STAGE_LAYOUTS
 from avbert.results.runs import read_json, read_yaml_mapping
 
 DOWNSTREAM_KINDS = ("finetune", "linear")
@@ -70,10 +71,18 @@ class ExperimentReport:
         return str(state) if state is not None else None
 
     def reference_for(self, row: RowSpec) -> dict:
-        """The paper's numbers of a row: by stage in the downstream layout, else by variant."""
+        """The paper's numbers of a row: by variant, or in the layouts of a row per evaluated
+        stage (``avbert.launch.spec.reference_keys``) by the most specific key that names it:
+        ``variant/stage``, ``stage``, ``variant/base stage``, ``base stage``."""
         cell = row.evaluated
-        key = cell.base_stage if self.layout == "downstream" and cell else row.variant
-        return self.reference.get(key) or {}
+        if self.layout not in ROW_PER_STAGE_LAYOUTS:
+            return self.reference.get(row.variant) or {}
+        if cell is None:
+            return {}
+        for key in (f"{row.variant}/{cell.stage}", cell.stage, f"{row.variant}/{cell.base_stage}", cell.base_stage):
+            if key in self.reference:
+                return self.reference[key] or {}
+        return {}
 
     def rows(self) -> list[RowSpec]:
         """Rows in the order of the cells: evaluated cells with their chains, then lone cells."""

@@ -15,7 +15,10 @@ Layouts (columns besides variant, stage, protocol, state and cost):
 * ``fusion``: fusion (early, mid, late), Transformer parameters, top-1, top-5;
 * ``downstream``: dataset, feature, split/fold, pretrained weights, top-1,
   top-5, mAP and the test views; the rows of a stage expanded over splits or
-  folds are followed by their ``mean`` row.
+  folds are followed by their ``mean`` row;
+* ``components`` (the paper's table (c)): a row per part of the model evaluated
+  (V-CNN, A-CNN, M-CNN, V-BERT, A-BERT, M-BERT: ``downstream.feature``), a
+  column group per downstream set (Charades mAP, Kinetics-Sounds top-1 / top-5).
 
 Each metric has the paper's number beside it (the experiment's
 ``report.reference``: by variant, or by stage in the downstream layout) and
@@ -38,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from avbert.models.heads import TASK_FEATURE
+from avbert.models.heads import MULTILABEL_TASKS, TASK_FEATURE
 from avbert.results.experiments import DOWNSTREAM_KINDS, ExperimentReport, RowSpec
 from avbert.results.metrics import mean_over_splits
 from avbert.results.runs import (StageRun, stage_clips_per_s, stage_detail, stage_hours, stage_peak_mem_gb,
@@ -51,7 +54,13 @@ METHOD_LABELS = {"current_sequence": "Current-Sequence", "current_minibatch": "C
 DATASET_LABELS = {"ucf101": "UCF101", "esc50": "ESC-50", "kinetics_sounds": "Kinetics-Sounds",
                   "charades": "Charades", "synthetic": "synthetic"}
 METRICS = {"top1": "top-1", "top5": "top-5", "map": "mAP"}
+# The paper's names of the parts of the model a downstream row evaluates (its table (c)).
+FEATURE_LABELS = {"v_cnn": "V-CNN", "a_cnn": "A-CNN", "m_cnn": "M-CNN", "v_bert": "V-BERT", "a_bert": "A-BERT",
+                  "m_bert": "M-BERT", "m_context": "M-context"}
 PAPER_TASKS = ("ucf101", "esc50", "kinetics_sounds", "charades")  # the downstream sets the paper reports
+# The protocol of the paper's number on each set (the released configs: UCF101, Kinetics-Sounds
+# fine-tuned; ESC-50 linear evaluation, SOLVER.PROTOCOL linear_eval).
+PAPER_PROTOCOL = {"ucf101": "finetune", "esc50": "linear", "kinetics_sounds": "finetune", "charades": "finetune"}
 TOP5_MAX_TRIVIAL = 5  # with this many classes or fewer, every prediction's top 5 holds the label
 
 
@@ -178,15 +187,19 @@ def chance_top1(classes: Optional[int], multilabel: bool) -> Optional[float]:
 
 
 def row_reference(spec: ExperimentReport, row: RowRuns) -> dict:
-    """The paper's numbers of a row, only when its downstream task is one the paper reports.
+    """The paper's numbers of a row, only when its downstream task and protocol are the paper's.
 
     A reference beside a synthetic row would compare our model on a 4-class toy set with the
-    paper's on Kinetics-Sounds: the gap says nothing. It is not shown rather than refused when
-    the file is read, because references are keyed by variant and one experiment file evaluates
-    the same variant on a paper task at the paper scale and on the synthetic set at the tiny
-    scale (``sharing_ablation``): the reference is right for the one and left out of the other.
+    paper's on Kinetics-Sounds: the gap says nothing; nor does a linear probe's beside the
+    paper's fine-tuning. It is not shown rather than refused when the file is read, because
+    references are keyed by variant and one experiment file evaluates the same variant on a
+    paper task at the paper scale and on the synthetic set at the tiny scale
+    (``sharing_ablation``): the reference is right for the one and left out of the other.
     """
-    return spec.reference_for(row.spec) if row_task(row) in PAPER_TASKS else {}
+    task, cell = row_task(row), row.spec.evaluated
+    if task not in PAPER_TASKS or cell is None or cell.kind != PAPER_PROTOCOL[task]:
+        return {}
+    return spec.reference_for(row.spec)
 
 
 def add_reference(row: dict, reference: dict) -> None:
@@ -256,7 +269,9 @@ def downstream_fields(row: RowRuns, pretrained_label: Callable) -> dict:
     split = evaluation.get("split", section(config, "downstream", "split"))
     views = evaluation.get("test_views", section(config, "data", "test_views"))
     crops = evaluation.get("test_crops", section(config, "data", "test_crops"))
-    return {"dataset": DATASET_LABELS.get(task, task), "feature": evaluation.get("feature", TASK_FEATURE.get(task)),
+    feature = evaluation.get("feature") or section(config, "downstream", "feature") or TASK_FEATURE.get(task)
+    return {"dataset": DATASET_LABELS.get(task, task), "feature": FEATURE_LABELS.get(feature, feature),
+            "_task": task, "_feature": feature,
             "split": str(split) if split is not None else None,
             "pretrained": weights_label(row, pretrained_label),
             "views": f"{views}x{crops}" if views is not None and crops is not None else None}
@@ -306,6 +321,56 @@ def with_split_means(rows: list[dict]) -> list[dict]:
     return out
 
 
+def task_metrics(task: str) -> tuple[str, ...]:
+    """What the paper reports on a set: mAP on multi-label sets, top-1 and top-5 else."""
+    return ("map",) if task in MULTILABEL_TASKS else ("top1", "top5")
+
+
+def component_rows(rows: list[dict]) -> tuple[list[dict], list[Column]]:
+    """The paper's table (c): a row per (variant, feature), a column group per downstream set.
+
+    Each evaluated row (one set, one feature) gives its set's metrics, with the paper's and
+    the difference, to the row of its feature; that row's state is ``done`` when all its sets
+    are, else that of its first set that is not; its cost is that of all its stages, a shared
+    pretraining counted once. Top-5 of a set of 5 classes or fewer is left out.
+    """
+    merged: dict[tuple, dict] = {}
+    tasks: list[str] = []
+    for row in rows:
+        if not row.get("_evaluated") or row.get("_task") is None:
+            continue
+        task = row["_task"]
+        tasks += [task] if task not in tasks else []
+        out = merged.setdefault((row["variant"], row["_feature"]), {
+            "variant": row["variant"], "component": row["feature"], "pretrained": row.get("pretrained"),
+            "params_m": row.get("params_m"), "_evaluated": True, "_classes": None, "_parts": []})
+        out["_parts"].append(row)
+        for name in task_metrics(task):
+            for prefix in ("", "paper_", "delta_"):
+                out[f"{prefix}{task}_{name}"] = row.get(f"{prefix}{name}")
+        out[f"{task}_classes"] = row.get("_classes")
+    table = []
+    for out in merged.values():
+        parts = out.pop("_parts")
+        pending = [part for part in parts if part["state"] != "done"]
+        out["state"], out["detail"] = (pending[0]["state"], pending[0]["detail"]) if pending else ("done", "")
+        runs = list({id(run): run for part in parts for run in part["_runs"]}.values())
+        out.update(row_cost(runs))
+        table.append(out)
+    columns = [*HEAD[:1], Column("component", "component"), Column("pretrained", "pretrained")]
+    for task in tasks:
+        label = DATASET_LABELS.get(task, task)
+        classes = {out.get(f"{task}_classes") for out in table} - {None}
+        for name in task_metrics(task):
+            if name == "top5" and classes and max(classes) <= TOP5_MAX_TRIVIAL:
+                continue  # 100 whatever the model
+            key = f"{task}_{name}"
+            columns += [Column(key, f"{label} {METRICS[name]}", "f1"),
+                        Column(f"paper_{key}", f"paper {label} {METRICS[name]}", "f1"),
+                        Column(f"delta_{key}", f"Δ {label} {METRICS[name]}", "delta")]
+    return table, columns
+
+
 def hours_header(runs: list[StageRun]) -> str:
     """GPU-hours when every run that says where it ran used a GPU, CPU-hours when
     all used CPUs, device-hours when they are mixed or none says."""
@@ -336,7 +401,7 @@ def build_table(spec: ExperimentReport, runs: dict[tuple[str, str], StageRun], p
     for row_spec in spec.rows():
         row = RowRuns(row_spec, [runs[(c.variant, c.stage)] for c in row_spec.chain])
         values = metrics_row(spec, row, params_of)
-        if spec.layout == "downstream":
+        if spec.layout in ("downstream", "components"):
             values.update(downstream_fields(row, pretrained_label))
             cell = row_spec.evaluated
             expanded = cell is not None and sum(c.base_stage == cell.base_stage and c.variant == cell.variant
@@ -345,9 +410,15 @@ def build_table(spec: ExperimentReport, runs: dict[tuple[str, str], StageRun], p
         rows.append(values)
     if spec.layout == "downstream":
         rows = with_split_means(rows)
-    columns = shown_columns(LAYOUT_COLUMNS[spec.layout], rows) + cost_columns(hours_header(list(runs.values())))
+        layout_columns = LAYOUT_COLUMNS["downstream"]
+    elif spec.layout == "components":
+        rows, layout_columns = component_rows(rows)
+    else:
+        layout_columns = LAYOUT_COLUMNS[spec.layout]
+    columns = shown_columns(layout_columns, rows) + cost_columns(hours_header(list(runs.values())))
     keys = {column.key for column in columns}
-    notes = [note for key, note in (("paper_top1", PAPER_NOTE), ("chance_top1", CHANCE_NOTE)) if key in keys]
+    notes = ([PAPER_NOTE] if any(key.startswith("paper_") and key != "paper_params_m" for key in keys) else [])
+    notes += [CHANCE_NOTE] if "chance_top1" in keys else []
     rows = [{column.key: row.get(column.key) for column in columns} for row in rows]
     return Table(spec.name, spec.title, spec.layout, columns, rows, notes + NOTES)
 

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 
 from avbert.config import Config, config_from_dict, to_dict
-from avbert.models.heads import MULTILABEL_TASKS, TASK_FEATURE, DownstreamClassifier
+from avbert.models.heads import MULTILABEL_TASKS, TASK_FEATURE, DownstreamClassifier, feature_modalities
 from avbert.results.metrics import aggregate_views, classification_metrics, first_labels
 from avbert.train.checkpoint import strip_prefix
 from avbert.train.distributed import DistEnv, setup_distributed
@@ -60,9 +60,16 @@ def load_backbone(cfg: Config):
     return model, model_config
 
 
+def feature_of(cfg: Config) -> str:
+    """The feature the classifier reads: ``downstream.feature``, else the task's paper default."""
+    return cfg.downstream.feature or TASK_FEATURE[cfg.downstream.task]
+
+
 def build_classifier(cfg: Config, model, num_classes: int, multilabel: bool) -> DownstreamClassifier:
     torch.manual_seed(cfg.train.seed + 1)  # the head's initialisation, apart from the model's
-    return DownstreamClassifier(model, num_classes, TASK_FEATURE[cfg.downstream.task], protocol_of(cfg), multilabel)
+    loss = cfg.downstream.loss if not multilabel else "cross_entropy"
+    return DownstreamClassifier(model, num_classes, feature_of(cfg), protocol_of(cfg), multilabel,
+                                loss=loss, margin=cfg.downstream.margin)
 
 
 def classifier_export(cfg: Config, model_config: dict, classifier: DownstreamClassifier) -> ExportFn:
@@ -73,7 +80,8 @@ def classifier_export(cfg: Config, model_config: dict, classifier: DownstreamCla
         return {"format": EXPORT_FORMAT, "model_config": model_config, "model": strip_prefix(state_dict, "model."),
                 "head": strip_prefix(state_dict, "head."), "num_classes": num_classes,
                 "feature": classifier.feature, "protocol": classifier.protocol,
-                "multilabel": classifier.multilabel, "config": to_dict(cfg)}
+                "multilabel": classifier.multilabel, "loss": classifier.loss, "margin": classifier.margin,
+                "config": to_dict(cfg)}
     return make
 
 
@@ -86,7 +94,8 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path} is not a downstream export (format {payload.get('format')!r})")
     model_cfg = config_from_dict({"model": payload["model_config"]}, source=str(path)).model
     classifier = DownstreamClassifier(AVBert(model_cfg), payload["num_classes"], payload["feature"],
-                                      payload["protocol"], payload["multilabel"])
+                                      payload["protocol"], payload["multilabel"],
+                                      loss=payload.get("loss", "cross_entropy"), margin=payload.get("margin", 0.1))
     classifier.model.load_state_dict(payload["model"])
     classifier.head.load_state_dict(payload["head"])
     return classifier
@@ -105,8 +114,8 @@ def manifest_splits(cfg: Config) -> tuple[str, str]:
 
 
 def needs_audio(cfg: Config) -> bool:
-    """Visual-only sets (UCF101) keep videos without sound, given silent audio."""
-    return TASK_FEATURE[cfg.downstream.task] != "visual"
+    """A feature that reads no audio (UCF101's v_cnn) keeps videos without sound, given silent audio."""
+    return "audio" in feature_modalities(feature_of(cfg))
 
 
 def train_loader(cfg: Config, env: DistEnv):

@@ -1,7 +1,7 @@
 """The DeepSpeed configuration dict for a run, built from the suite's Config.
 
 DeepSpeed is given the batch geometry, ZeRO stage, precision and gradient
-clipping. The optimizer is a torch AdamW built here and handed to
+clipping. The optimizer is a torch AdamW (or Adam) built here and handed to
 ``deepspeed.initialize`` (no JIT-compiled fused Adam), and the learning rate
 is set by the training loop each iteration, so no DeepSpeed scheduler is
 configured.
@@ -53,20 +53,30 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.endswith(".bias")
 
 
-def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed matrices, undecayed vectors."""
-    decay, no_decay = [], []
+def parameter_groups(module: nn.Module, weight_decay: float, head_lr_scale: float = 1.0,
+                     head_weight_decay: float | None = None) -> list[dict]:
+    """Decayed matrices and undecayed vectors, the downstream head's (parameters under
+    ``head.``) in groups of their own. Each group's ``lr_scale`` multiplies the scheduled
+    learning rate (``avbert.train.schedule.set_lr``): ``head_lr / lr`` for the head, 1 else."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, param in module.named_parameters():
         if param.requires_grad:
-            (no_decay if _no_decay(name, param) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [group for group in groups if group["params"]]
+            groups.setdefault((name.startswith("head."), _no_decay(name, param)), []).append(param)
+    head_decay = weight_decay if head_weight_decay is None else head_weight_decay
+    out = []
+    for (head, no_decay), params in sorted(groups.items()):
+        decay = 0.0 if no_decay else (head_decay if head else weight_decay)
+        out.append({"params": params, "weight_decay": decay, "lr_scale": head_lr_scale if head else 1.0})
+    return out
 
 
-def build_optimizer(module: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """torch AdamW over ``module``; its lr is overwritten every iteration."""
-    return torch.optim.AdamW(
-        parameter_groups(module, optim.weight_decay),
+def build_optimizer(module: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """torch AdamW (or Adam, ``optim.optimizer``) over ``module``; the training loop writes
+    each group's learning rate every iteration."""
+    head_scale = optim.head_lr / optim.lr if optim.head_lr is not None else 1.0
+    cls = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
+    return cls(
+        parameter_groups(module, optim.weight_decay, head_scale, optim.head_weight_decay),
         lr=optim.lr,
         betas=tuple(optim.betas),
         eps=optim.eps,

@@ -5,7 +5,9 @@ Every log step appends one flat JSON object to ``<run_dir>/metrics.jsonl``:
 (``loss``, ``mep_visual/loss``, ``cpp/acc``, ...), averaged over the
 micro-batches since the previous log line and over ranks, plus ``lr``,
 ``grad_norm``, ``perf/clips_per_s``, ``perf/peak_mem_mb``,
-``data/skipped...`` and ``time/elapsed_s``. ``status.json`` holds the run's
+``data/skipped...`` (videos a loader left out, by reason), ``data/padded`` and
+``data/padded_clips`` (short videos kept with masked clips, and those clips; both
+running totals since the run began) and ``time/elapsed_s``. ``status.json`` holds the run's
 state (running, completed, preempted, failed) for status tools.
 """
 
