@@ -287,3 +287,25 @@ def test_nvdec_reads_h264_as_pyav_does(tmp_path):
     cpu = next(_pyav(manifest, seed=1))
     assert gpu["video"].is_cuda
     _assert_same_contract({k: v.cpu() for k, v in gpu.items()}, cpu)
+
+
+def test_test_views_are_cropped_to_the_test_crop_size(tmp_path):
+    """The released configs train on 112 crops and test on 128 (TEST_CROP_SIZE): the test
+    loader scales and crops to ``data.test_crop_size``, the training loader to ``crop_size``."""
+    from avbert.config import DataConfig
+    from avbert.data.dali_loader import build_manifest_loader
+    from avbert.data.manifest import write_manifest
+    from avbert.data.synthetic import SyntheticSpec, write_media
+
+    spec = SyntheticSpec(num_videos=4, num_classes=2, num_events=2, clips=4, frames_per_clip=4, frame_size=48, fps=8.0)
+    records = write_media(spec, str(tmp_path / "media"))
+    for record in records:
+        record["split"], record["width"], record["height"] = "train", spec.frame_size, spec.frame_size
+    manifest = write_manifest(records, tmp_path / "m.jsonl", ["a", "b"])
+    data = DataConfig(preset="tiny", source="manifest", manifest=str(manifest), loader="pyav", clips=2,
+                      clip_seconds=0.5, frames_per_clip=4, frame_stride=1, crop_size=32, test_crop_size=40,
+                      short_side=(32, 40), sample_rate=16000, n_mels=40, mel_frames=32, hop_ms=16.0,
+                      log_mel="db", batch_size=2, num_workers=0, test_views=1, test_crops=1)
+    train = next(iter(build_manifest_loader(data, train=True, split="train")))
+    test = next(iter(build_manifest_loader(data, train=False, split="train")))
+    assert train["video"].shape[-2:] == (32, 32) and test["video"].shape[-2:] == (40, 40)

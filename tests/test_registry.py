@@ -132,11 +132,13 @@ def test_downstream_recipes_are_the_released_configs(manifests):
     ucf, esc = cells["ucf101-finetune-split1"], cells["esc50-linear-fold1"]
     assert (ucf.optim.optimizer, ucf.optim.head_lr, ucf.optim.lr, ucf.optim.weight_decay) == ("adam", 0.03, 1e-4, 5e-6)
     assert (ucf.data.clips, ucf.data.test_views, ucf.data.test_crops, ucf.optim.schedule) == (1, 10, 3, "cosine")
+    assert (ucf.data.crop_size, ucf.data.test_crop_size) == (112, 128)
     assert (esc.optim.head_lr, esc.optim.schedule, esc.downstream.loss, esc.downstream.margin) == (
         0.003, "linear", "multi_margin", 0.1)
     parts = {c.stage: c.config for c in cells_of("components", "paper", manifests / "runs")}
     ks = parts["kinetics_sounds-finetune-m_bert"]
     assert (ks.optim.optimizer, ks.optim.head_lr, ks.optim.lr, ks.downstream.feature) == ("adam", 1e-3, 1e-4, "m_bert")
+    assert (ks.data.test_crop_size, ks.data.clip_seconds) == (128, 0.8)
     assert {c.downstream.feature for s, c in parts.items() if s.startswith("charades")} == {
         "v_cnn", "a_cnn", "m_cnn", "v_bert", "a_bert", "m_bert"}
 

@@ -217,6 +217,9 @@ class DataConfig:
     frames_per_clip: int = 32
     frame_stride: int = 2
     crop_size: int = 112
+    # Test views: frames scaled to this short side and cropped to it (the released configs'
+    # TEST_CROP_SIZE 128 against a 112 training crop); None: crop_size.
+    test_crop_size: Optional[int] = None
     short_side: tuple[int, int] = (128, 160)
     sample_rate: int = 44100
     n_mels: int = 80

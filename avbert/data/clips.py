@@ -65,13 +65,15 @@ class ClipSpec:
     log_mel: str = "db"  # the log form of avbert.data.audio.LogMel: "db" or "ln"
 
     @classmethod
-    def from_config(cls, data) -> "ClipSpec":
+    def from_config(cls, data, train: bool = True) -> "ClipSpec":
         """Geometry of a ``DataConfig``: hop from ``hop_ms``, FFT size ``n_fft`` (twice the
-        hop when unset)."""
+        hop when unset); test samples (``train=False``) are cropped to ``test_crop_size``
+        where it is set."""
         hop = max(1, int(round(data.hop_ms * data.sample_rate / 1000.0)))
+        crop = data.crop_size if train or not data.test_crop_size else data.test_crop_size
         return cls(clips=data.clips, clip_seconds=data.clip_seconds,
                    frames_per_clip=data.frames_per_clip, frame_stride=data.frame_stride,
-                   crop_size=data.crop_size, short_side=tuple(data.short_side),
+                   crop_size=crop, short_side=tuple(data.short_side),
                    sample_rate=data.sample_rate, n_mels=data.n_mels,
                    mel_frames=data.mel_frames, hop_length=hop, n_fft=data.n_fft or 2 * hop,
                    spec_augment=data.spec_augment, test_views=data.test_views,

@@ -480,7 +480,7 @@ def build_manifest_loader(data, rank: int = 0, world_size: int = 1, seed: int = 
     from avbert.data.pyav_loader import ManifestDataset, PyAVEvalLoader, PyAVLoader
 
     manifest = load_manifest(data.manifest, split or data.split)
-    spec = ClipSpec.from_config(data)
+    spec = ClipSpec.from_config(data, train=train)
     gpus = gpu_count() if torch.cuda.is_available() else 0
     name, why = choose_loader(data.loader, manifest, gpus)
     logger.info("data: %s loader for %s (%d records): %s", name, data.manifest, len(manifest.records), why)
