@@ -101,6 +101,7 @@ def test_run_writes_config_metrics_status_checkpoints_and_export(tmp_path):
     status = read_status(tmp_path)
     assert status["state"] == "completed" and status["step"] == 6 and status["total_steps"] == 6
     assert status["loss"] == records[-1]["loss"]
+    assert (status["device"], status["world_size"]) == ("cpu", 1)  # what collect reads for CPU-hours
     assert [i.step for i in ckpt.complete_checkpoints(tmp_path)] == [4, 6]
     assert sorted(p.name for p in ckpt.checkpoint_root(tmp_path).iterdir()) == ["step_00000004", "step_00000006"]
     marker = json.loads((ckpt.step_dir(tmp_path, 6) / "rank_0.json").read_text())

@@ -19,7 +19,7 @@ import pytest
 from avbert.config import ConfigError
 from avbert.launch import launcher
 from avbert.launch.index import read_index, record_submission, snapshot_code
-from avbert.launch.plan import EXTRA_COLUMNS, PlanColumn, make_plan, plan_table
+from avbert.launch.plan import make_plan
 from avbert.launch.profile import load_profile
 from avbert.launch.registry import expand
 from avbert.launch.resources import StageResources, resolve_resources
@@ -238,17 +238,6 @@ def test_cells_sharing_resources_go_out_as_one_array(tmp_path):
         ["smoke/xl/pretrain", "smoke/xl-part/pretrain"], ["smoke/scratch/synthetic_eval"],  # waiting for nothing
         ["smoke/xl/synthetic_eval"], ["smoke/xl-part/synthetic_eval"]]
     assert array_name([p.cell for p in groups[0]]) == "smoke:[xl,xl-part]:pretrain"
-
-
-def test_plan_table_has_a_place_for_one_more_column(tmp_path, monkeypatch):
-    from rich.console import Console
-
-    monkeypatch.setattr("avbert.launch.plan.EXTRA_COLUMNS", [PlanColumn("memory", lambda p: "1.0 GB")])
-    console = Console(width=200, record=True)
-    console.print(plan_table(make_plan(smoke_cells(tmp_path), {}), "plan"))
-    text = console.export_text()
-    assert "memory" in text and "1.0 GB" in text and "GPU-hours" in text
-    assert EXTRA_COLUMNS == []
 
 
 # -- index --------------------------------------------------------------------------------------------------------

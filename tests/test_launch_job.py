@@ -73,6 +73,20 @@ class FakeEnv:
         self.requeued.append(countdown)
 
 
+def test_the_private_submitit_requeue_call_is_still_there():
+    """``avbert.launch.job.requeue`` calls submitit's private ``JobEnvironment._requeue(countdown)``,
+    and submitit's Slurm environment implements it: a submitit upgrade that drops or renames it
+    fails here, not in a preempted job on a cluster."""
+    import inspect
+
+    import submitit
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    for cls in (submitit.JobEnvironment, SlurmJobEnvironment):
+        assert list(inspect.signature(cls._requeue).parameters) == ["self", "countdown"], cls
+    assert SlurmJobEnvironment._requeue is not submitit.JobEnvironment._requeue  # implemented, not the stub
+
+
 def stop(job: CellJob, received: list[str], env: FakeEnv, run_dir: Path, started: float) -> None:
     request = StopRequest(received=list(received), first_at=time.time())
     job._after_stop(request, env, started, 5, 10, str(run_dir))

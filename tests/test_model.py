@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from avbert.config import ModelConfig, SharingConfig
-from avbert.models import AVBert, SHARING_VARIANTS, count_parameters, sharing_variant
+from avbert.models import AVBert
 from avbert.models.sharing import MAP_NAMES, LowRankLinear, Orthogonal
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from avbert.results.runs import StageRun, read_stage, segment_seconds, stage_detail, stage_hours, stage_state
+from avbert.results.runs import StageRun, read_stage, stage_detail, stage_hours, stage_state
 
 
 def run_with(status: str | None = None, evaluated: bool = False, logged: bool = False, **extra) -> StageRun:
@@ -28,6 +28,10 @@ def run_with(status: str | None = None, evaluated: bool = False, logged: bool = 
     ("running", False, "RUNNING", False, "running"),
     ("running", False, "TIMEOUT", False, "failed"),  # killed before it could write its status
     ("preempted", False, "PENDING", False, "preempted"),
+    ("running", False, "PREEMPTED", False, "running"),  # the run's own word until it is requeued
+    (None, False, "PREEMPTED", False, "preempted"),  # stopped by the scheduler, to be requeued
+    ("failed", False, "REQUEUED", False, "preempted"),
+    (None, False, "CANCELLED by 1234", False, "failed"),  # sacct's wording
     ("failed", False, None, False, "failed"),
     ("failed", False, "PENDING", False, "pending"),  # resubmitted with --retry-failed
     ("completed", False, "COMPLETED", False, "done"),
@@ -48,9 +52,13 @@ def test_details_name_the_stage_with_progress_or_error():
     assert stage_detail(run_with(), "missing") == "finetune"
 
 
-def test_resumed_segments_are_summed():
-    elapsed = [10.0, 20.0, 5.0, 15.0, 3.0]  # restarts at 5.0 and at 3.0
-    assert segment_seconds([{"time/elapsed_s": e} for e in elapsed] + [{"eval/top1": 1.0}]) == 20 + 15 + 3
+def test_hours_are_the_last_elapsed_time_the_engine_carried_over_resumes():
+    """A resumed run logs its elapsed time from the checkpoint's (1200 s at step 50), so the
+    lines a killed attempt logged after that checkpoint (1500 s) are not counted twice."""
+    run = StageRun("pretrain", Path("/nowhere"), world_size=2)
+    elapsed = [600.0, 1200.0, 1500.0, 1500.0, 2100.0]
+    run.metrics = [{"time/elapsed_s": e} for e in elapsed] + [{"eval/top1": 1.0}]
+    assert stage_hours(run) == pytest.approx(2100.0 * 2 / 3600.0)
 
 
 def test_read_stage_tolerates_a_half_written_line_and_counts_ranks(tmp_path):
@@ -59,5 +67,5 @@ def test_read_stage_tolerates_a_half_written_line_and_counts_ranks(tmp_path):
     marker.mkdir(parents=True)
     (marker / "rank_0.json").write_text(json.dumps({"step": 1, "world_size": 4}))
     run = read_stage(tmp_path, "pretrain")
-    assert len(run.metrics) == 1 and run.world_size == 4 and run.config is None
+    assert len(run.metrics) == 1 and run.unreadable_lines == 1 and run.world_size == 4 and run.config is None
     assert stage_hours(run) == pytest.approx(2.0)  # half an hour on four ranks

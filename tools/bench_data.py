@@ -332,7 +332,7 @@ def report(results: dict[str, list[tuple[float, float]]], args, manifest, size: 
                       f"{statistics.median(costs[name]):.1f}", ratio(efficiency[name]))
     console = Console()
     (console if console.is_terminal else Console(width=100)).print(table)
-    return {"manifest": str(manifest),
+    return {"manifest": manifest.parent.name,  # the media set, under --media-dir (no machine's paths)
             "clips_per_s": {name: {"median": statistics.median(rates[name]), "best": max(rates[name]),
                                    "repeats": rates[name]} for name in results},
             "cpu_ms_per_clip": {name: {"median": statistics.median(costs[name]), "best": min(costs[name]),
@@ -346,7 +346,8 @@ def main(argv=None) -> int:
         raise SystemExit("--warmup + --batches must fit in one epoch (videos // batch-size batches)")
     steal = steal_seconds()
     out = {"machine": machine(), "load_average": {"start": os.getloadavg()},
-           "settings": {**vars(args), "spec": vars(SPEC)}, "sizes": {}}
+           "settings": {**{k: v for k, v in vars(args).items() if k not in ("media_dir", "out")}, "spec": vars(SPEC)},
+           "sizes": {}}
     for size in args.size:
         manifest = load_manifest(make_manifest(args, size))
         out["sizes"][f"{size}p"] = report(measure(manifest, args, size), args, manifest.path, size)

@@ -17,9 +17,9 @@ allocates its state, and count, on their rank:
   ``reduce_bucket_size`` elements per communication dtype during the
   backward pass, whatever the model size, and free them after the step).
 
-These are counts of tensor bytes, not RSS: on CPU the flat buffers dominate
-resident memory and hide the partitioning (see PLATFORM.md). They do not
-vary between runs, so they are measured once.
+These are counts of tensor bytes, not RSS: on CPU, DeepSpeed's flat buffers
+dominate a rank's resident memory whatever the stage, which hides the
+partitioning. They do not vary between runs, so they are measured once.
 """
 
 from __future__ import annotations

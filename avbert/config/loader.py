@@ -65,12 +65,11 @@ def _coerce(value: Any, tp: Any, source: str | None, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for option in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, option, source, key)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                continue
         raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", source, key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Optional
 
+from avbert.rundir import replaced_on_success
+
 MISSING_SHOWN = 5
 
 
@@ -147,12 +149,10 @@ def write_manifest(records: Iterable, path: str | Path, classes: Optional[list[s
     """Write records (``MediaRecord`` or dicts) as JSON Lines, and the class names."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
+    with replaced_on_success(path) as tmp, open(tmp, "w") as handle:
         for i, record in enumerate(records):
             record = record if isinstance(record, MediaRecord) else MediaRecord.from_dict(record, i)
             handle.write(record.to_json() + "\n")
-    os.replace(tmp, path)
     if classes is not None:
         classes_path(path).write_text("".join(f"{name}\n" for name in classes))
     return path

@@ -27,6 +27,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from avbert.rundir import replaced_on_success
+
 
 class Reason:
     """Why a file is not used: the keys of the preparer's report and of the loaders'
@@ -302,8 +304,7 @@ def align(samples: np.ndarray, offset_seconds: float, sample_rate: int) -> np.nd
 
 def write_flac(samples: np.ndarray, path: str, sample_rate: int) -> int:
     """Write int16 mono samples as FLAC (atomically); returns the file size."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with av.open(tmp, "w", format="flac") as container:
+    with replaced_on_success(path) as tmp, av.open(str(tmp), "w", format="flac") as container:
         stream = container.add_stream("flac", rate=sample_rate)
         stream.layout, stream.format = "mono", "s16"
         for begin in range(0, len(samples), 4096):
@@ -312,7 +313,6 @@ def write_flac(samples: np.ndarray, path: str, sample_rate: int) -> int:
             frame.sample_rate, frame.pts = sample_rate, begin
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
-    os.replace(tmp, path)
     return os.path.getsize(path)
 
 
@@ -360,10 +360,10 @@ def cfr_grid(timed, fps: float, start: float):
 
 def transcode_cfr(src: str, dst: str, fps: float) -> None:
     """Rewrite ``src``'s video at a constant ``fps`` as VP9/WebM (no audio track)."""
-    tmp = f"{dst}.tmp{os.getpid()}.webm"
     os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(src, metadata_errors="ignore") as source, av.open(tmp, "w") as out:
+    with (replaced_on_success(dst) as tmp, av.open(src, metadata_errors="ignore") as source,
+          av.open(str(tmp), "w", format="webm") as out):
         stream = source.streams.video[0]
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         encoder = out.add_stream("libvpx-vp9", rate=rate)
@@ -375,4 +375,3 @@ def transcode_cfr(src: str, dst: str, fps: float) -> None:
             frame.pts = k
             out.mux(encoder.encode(frame))
         out.mux(encoder.encode(None))
-    os.replace(tmp, dst)

@@ -31,7 +31,6 @@ Everything is deterministic in ``(spec.seed, index)``. ``write_generic_tree`` wr
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -40,7 +39,15 @@ from typing import Callable, Iterable, Optional
 import av
 import numpy as np
 
-from avbert.data.synthetic import RawVideo, VideoGrid, _audio_frame, _encode, _rng, _video_frames
+from avbert.data.synthetic import (
+    RawVideo,
+    VideoGrid,
+    _audio_frame,
+    _encode,
+    _rng,
+    _video_frames,
+)
+from avbert.rundir import replaced_on_success
 
 WORLD = 2
 """First spawn key of every random stream here: world 1 uses keys 0 and 1, so the two
@@ -238,19 +245,14 @@ def write_mp4(raw: RawVideo, path: str | Path) -> Path:
     interrupted run never leaves a truncated .mp4 for the preparer to find."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part{os.getpid()}")
     height, width = raw.frames.shape[1:3]
-    try:
-        with av.open(str(tmp), "w", format="mp4") as container:
-            video = _add_h264_stream(container, raw.fps, width, height)
-            audio = container.add_stream("aac", rate=raw.sample_rate)
-            audio.layout = "mono"
-            audio.codec_context.thread_count = 1
-            _encode(container, video, _video_frames(raw.frames))
-            _encode(container, audio, [_audio_frame(raw.waveform, raw.sample_rate, "aac")])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replaced_on_success(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
+        video = _add_h264_stream(container, raw.fps, width, height)
+        audio = container.add_stream("aac", rate=raw.sample_rate)
+        audio.layout = "mono"
+        audio.codec_context.thread_count = 1
+        _encode(container, video, _video_frames(raw.frames))
+        _encode(container, audio, [_audio_frame(raw.waveform, raw.sample_rate, "aac")])
     return path
 
 

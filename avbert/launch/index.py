@@ -18,15 +18,14 @@ import from that copy, so editing the working tree never changes a queued job.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Optional
 
-INDEX = "index.json"
+from avbert.rundir import INDEX, read_json, write_json
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT_PARTS = ("avbert", "tools")
 
@@ -41,9 +40,8 @@ def experiment_dir(runs_dir: str | Path, experiment: str) -> Path:
 
 def read_index(exp_dir: Path) -> dict:
     """The index, or an empty one."""
-    try:
-        index = json.loads((exp_dir / INDEX).read_text())
-    except (OSError, ValueError):
+    index = read_json(exp_dir / INDEX)
+    if index is None:
         return {"cells": {}, "launches": []}
     index.setdefault("cells", {})
     index.setdefault("launches", [])
@@ -53,9 +51,7 @@ def read_index(exp_dir: Path) -> dict:
 def write_index(exp_dir: Path, index: dict) -> None:
     """Replace the index atomically."""
     exp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = exp_dir / (INDEX + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, exp_dir / INDEX)
+    write_json(exp_dir / INDEX, index)
 
 
 def git_commit(repo: Path = REPO_ROOT) -> Optional[str]:

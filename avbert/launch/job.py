@@ -27,7 +27,6 @@ directory) and every stop, for ``tools/status.py``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -38,12 +37,27 @@ from pathlib import Path
 import submitit
 
 from avbert.config import config_from_dict
-from avbert.launch.preemption import StopRequest, ignore_time_limit_signals, install_stop_request, is_time_limit
+from avbert.launch.preemption import (
+    StopRequest,
+    ignore_time_limit_signals,
+    install_stop_request,
+    is_time_limit,
+)
+from avbert.rundir import JOURNAL, read_json, write_json
 
-JOURNAL = "job.json"
 REQUEUE_EXIT = 255  # what submitit's own handler exits with after requeueing
 
 logger = logging.getLogger("avbert.launch")
+
+
+def requeue(env, countdown: int) -> None:
+    """Put this job back in the queue (``scontrol requeue`` on Slurm), ``countdown`` the
+    requeues it has left. submitit has no public call for this: its own checkpointing
+    (``Checkpointable``) requeues from its signal handler, while the suite handles the
+    signals itself (``avbert.launch.preemption``). The private ``JobEnvironment._requeue``
+    is used here alone; tests/test_launch_job.py fails on a submitit whose
+    ``JobEnvironment`` lacks it or changed its signature."""
+    env._requeue(countdown)
 
 
 class StageInterrupted(RuntimeError):
@@ -51,19 +65,13 @@ class StageInterrupted(RuntimeError):
 
 
 def read_journal(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / JOURNAL
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {"starts": [], "stops": []}
+    return read_json(Path(run_dir) / JOURNAL) or {"starts": [], "stops": []}
 
 
 def _write_journal(run_dir: str | Path, journal: dict) -> None:
     path = Path(run_dir) / JOURNAL
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(JOURNAL + ".tmp")
-    tmp.write_text(json.dumps(journal, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json(path, journal)
 
 
 def record_start(run_dir: str | Path, job_id: str, world_size: int) -> None:
@@ -153,7 +161,7 @@ class CellJob(submitit.helpers.Checkpointable):
                                    f"{self.requeue_limit}); stopped at step {step}/{total} with a checkpoint")
         logger.info("cell %s: checkpointed at step %d/%d after %s; requeueing job %s", self.cell, step, total,
                     cause.replace("_", " "), env.job_id)
-        env._requeue(self.requeue_limit - count if timed_out else self.requeue_limit)
+        requeue(env, self.requeue_limit - count if timed_out else self.requeue_limit)
         sys.exit(REQUEUE_EXIT)
 
     def __repr__(self) -> str:

@@ -6,10 +6,8 @@ downstream cell waits for its pretraining cell: through a Slurm dependency
 when that cell is queued or submitted in the same launch, not at all when it
 has completed; it is ``blocked`` when that cell failed or is left out.
 
-Columns of the plan table are ``PlanColumn``s. ``EXTRA_COLUMNS`` is where an
-additional column is registered (a title and a function of the
-``PlannedCell``, e.g. the predicted per-GPU memory of the cell's config on its
-resources); it is printed after the built-in ones.
+Columns of the plan table are ``PlanColumn``s (a title and a function of the
+``PlannedCell``), in ``PLAN_COLUMNS``.
 """
 
 from __future__ import annotations
@@ -39,9 +37,6 @@ class PlanColumn:
     title: str
     value: Callable[[PlannedCell], str]
     justify: str = "left"
-
-
-EXTRA_COLUMNS: list[PlanColumn] = []
 
 
 def _decide(cell: Cell, status: CellStatus, retry_failed: bool) -> tuple[str, str]:
@@ -130,7 +125,7 @@ def _action(p: PlannedCell) -> str:
     return f"[{style}]{p.action}[/{style}] {p.reason}{after}"
 
 
-BASE_COLUMNS = [
+PLAN_COLUMNS = [
     PlanColumn("cell", lambda p: f"{p.cell.variant}/{p.cell.stage}"),
     PlanColumn("kind", lambda p: p.cell.kind),
     PlanColumn("nodes x tasks", lambda p: p.cell.resources.describe()),
@@ -143,16 +138,12 @@ BASE_COLUMNS = [
 ]
 
 
-def plan_columns() -> list[PlanColumn]:
-    return [*BASE_COLUMNS, *EXTRA_COLUMNS]
-
-
 def plan_table(plan: list[PlannedCell], title: str):
     """The plan as a rich Table, with the GPU-hours to be submitted in the caption."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    columns = plan_columns()
+    columns = PLAN_COLUMNS
     for column in columns:
         table.add_column(column.title, justify=column.justify)
     for planned in plan:

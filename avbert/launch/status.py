@@ -7,7 +7,8 @@ loss), ``metrics.jsonl`` (speed, hence ETA), ``job.json`` (requeues) and the
 checkpoints. Without Slurm tools, the run directory alone is used.
 
 States: ``COMPLETED``; live scheduler states (``PENDING``, ``RUNNING``, ...,
-and ``SUBMITTED`` for a job the scheduler has not reported yet); ``FAILED``
+``PREEMPTED`` and ``REQUEUED`` for a job stopped to be requeued, and ``SUBMITTED``
+for a job the scheduler has not reported yet: ``avbert.rundir.state``); ``FAILED``
 (with the scheduler's reason: ``TIMEOUT``, ``CANCELLED``, ...); ``UNKNOWN``
 (no live job and no record of how it ended); ``NEW`` (never submitted).
 """
@@ -15,7 +16,6 @@ and ``SUBMITTED`` for a job the scheduler has not reported yet); ``FAILED``
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import shutil
 import subprocess
@@ -25,11 +25,17 @@ from pathlib import Path
 from typing import Optional
 
 from avbert.launch.job import read_journal
+from avbert.rundir import (
+    FAILED_JOB_STATES,
+    LIVE_JOB_STATES,
+    METRICS,
+    STATUS,
+    read_json,
+    read_jsonl,
+)
 
-LIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
-        "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "SUBMITTED"}
-ENDED_BADLY = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
-               "PREEMPTED", "REVOKED", "SPECIAL_EXIT"}
+LIVE = LIVE_JOB_STATES  # a preempted job is live: it is requeued (avbert.rundir.state)
+ENDED_BADLY = FAILED_JOB_STATES
 # A job the scheduler has not reported yet is taken as queued for this long after submission.
 REPORT_GRACE_S = 600
 
@@ -106,10 +112,7 @@ def local_state(job_id: str) -> Optional[str]:
 
 
 def read_run_status(run_dir: Path) -> Optional[dict]:
-    try:
-        return json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(run_dir / STATUS)
 
 
 def combine(entry: dict, run: Optional[dict], scheduler: Optional[str]) -> tuple[str, str]:
@@ -188,21 +191,13 @@ def checkpoint_age(run_dir: Path) -> Optional[float]:
 
 def seconds_per_step(run_dir: Path, window: int = 20) -> Optional[float]:
     """Recent training speed from ``metrics.jsonl`` (within the current run of the job)."""
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()[-window:]
-    except OSError:
-        return None
-    points = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if "time/elapsed_s" in record and "step" in record:
-            points.append((record["step"], record["time/elapsed_s"]))
+    records = read_jsonl(run_dir / METRICS)[0][-window:]
+    points = [(r["step"], r["time/elapsed_s"]) for r in records if "time/elapsed_s" in r and "step" in r]
     start = 0
     for i in range(1, len(points)):
-        if points[i][1] < points[i - 1][1]:  # elapsed time restarts when a requeued job resumes
+        # A resumed attempt logs again from its checkpoint's step and elapsed time, both below
+        # what the killed attempt had logged after that checkpoint: the speed is the new one's.
+        if points[i][1] < points[i - 1][1]:
             start = i
     points = points[start:]
     if len(points) < 2 or points[-1][0] == points[0][0]:

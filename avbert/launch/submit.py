@@ -84,13 +84,6 @@ def slurm_parameters(res: Resources, profile: Profile, job_name: str, code_dir: 
     return params
 
 
-def sbatch_text(params: dict, folder: str | Path, command: str) -> str:
-    """The sbatch file submitit writes for these parameters."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    return _make_sbatch_string(command=command, folder=folder, **params)
-
-
 def make_job(cell: Cell) -> CellJob:
     res = cell.resources
     return CellJob(cell.name, to_dict(cell.config), res.time_limit_min, res.signal_delay_s, res.requeue_limit)

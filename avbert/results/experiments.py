@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from avbert.launch.spec import ROW_PER_STAGE_LAYOUTS
-from avbert.results.runs import read_json, read_yaml_mapping
+from avbert.rundir import read_json, read_yaml_mapping
 
 DOWNSTREAM_KINDS = ("finetune", "linear")
 

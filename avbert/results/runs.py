@@ -9,10 +9,9 @@ not started, is running or has died reads back as far as it got.
 
 Cost of a stage:
 
-* ``hours``: wall time x ranks. ``time/elapsed_s`` restarts at 0 when a run is
-  resumed, so the time of each segment (the last elapsed value before it drops)
-  is summed; time spent after the last checkpoint of a killed segment, which
-  the resumed run re-logs, is not counted twice.
+* ``hours``: wall time x ranks: the last ``time/elapsed_s``, which the engine
+  carries over a resume from the checkpoint it resumes from; the time a killed
+  attempt spent after its last checkpoint is redone, and counted once.
 * ``clips_per_s``: median of the logged ``perf/clips_per_s`` (all ranks),
   robust to the slow first interval.
 * ``peak_mem_gb``: largest logged ``perf/peak_mem_mb`` (GPU allocated memory,
@@ -21,13 +20,22 @@ Cost of a stage:
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import yaml
+from avbert.rundir import (
+    CONFIG,
+    EVAL,
+    METRICS,
+    STATUS,
+    job_state_kind,
+    read_json,
+    read_jsonl,
+    read_yaml_mapping,
+)
+
 
 @dataclass
 class StageRun:
@@ -40,6 +48,7 @@ class StageRun:
     status: Optional[dict] = None
     eval: Optional[dict] = None
     world_size: int = 1
+    unreadable_lines: int = 0  # metrics.jsonl lines that are not JSON (a killed writer's last line)
 
     @property
     def exists(self) -> bool:
@@ -67,41 +76,6 @@ class StageRun:
         return "cuda" if str(named).startswith("cuda") else "cpu"
 
 
-def read_json(path: Path) -> Optional[dict]:
-    """A JSON object from ``path``, or None when it is absent or unreadable."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def read_yaml_mapping(path: Path) -> Optional[dict]:
-    try:
-        value = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def read_metrics_lines(path: Path) -> list[dict]:
-    """Log lines of ``metrics.jsonl``; an unreadable line (the tail of a killed
-    writer) is skipped."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return []
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def checkpoint_world_size(run_dir: Path) -> Optional[int]:
     """World size recorded by the newest checkpoint's rank-0 marker."""
     root = run_dir / "checkpoints"
@@ -119,19 +93,13 @@ def read_stage(path: Path, stage: str) -> StageRun:
     run = StageRun(stage, path)
     if not path.is_dir():
         return run
-    run.config = read_yaml_mapping(path / "config.yaml")
-    run.metrics = read_metrics_lines(path / "metrics.jsonl")
-    run.status = read_json(path / "status.json")
-    run.eval = read_json(path / "eval.json")
+    run.config = read_yaml_mapping(path / CONFIG)
+    run.metrics, run.unreadable_lines = read_jsonl(path / METRICS)
+    run.status = read_json(path / STATUS)
+    run.eval = read_json(path / EVAL)
     recorded = (run.status or {}).get("world_size") or checkpoint_world_size(path)
     run.world_size = int(recorded) if recorded else 1
     return run
-
-
-FAILED_JOB_STATES = ("failed", "cancelled", "timeout", "out_of_memory", "node_fail", "boot_fail", "deadline",
-                     "revoked", "special_exit")
-PENDING_JOB_STATES = ("pending", "submitted", "requeued", "requeue_hold", "configuring")
-RUNNING_JOB_STATES = ("running", "completing")
 
 
 def stage_state(run: StageRun, job_state: Optional[str] = None, needs_eval: bool = False) -> str:
@@ -145,40 +113,27 @@ def stage_state(run: StageRun, job_state: Optional[str] = None, needs_eval: bool
     died without writing its status, and a failed run whose job is queued or
     running again has been resubmitted.
     """
-    job = (job_state or "").lower()
+    job = job_state_kind(job_state)
     status = ((run.status or {}).get("state") or "").lower()
     if run.eval is not None or (status == "completed" and not needs_eval):
         return "done"
-    if job in FAILED_JOB_STATES or (status == "failed" and job not in PENDING_JOB_STATES + RUNNING_JOB_STATES):
+    if job == "failed" or (status == "failed" and job not in ("pending", "running", "preempted")):
         return "failed"
     if status == "completed":  # a downstream stage between training and its evaluation
         return "failed" if job == "completed" else "running"
     if status in ("running", "preempted"):
         return status
-    if job in RUNNING_JOB_STATES:
-        return "running"
-    if job in PENDING_JOB_STATES:
-        return "pending"
+    if job in ("running", "pending", "preempted"):
+        return job
     return "running" if run.exists else "missing"
 
 
-def segment_seconds(metrics: list[dict]) -> float:
-    """Wall seconds over the run's segments (``time/elapsed_s`` restarts on resume)."""
-    total, last = 0.0, None
-    for record in metrics:
-        elapsed = record.get("time/elapsed_s")
-        if not isinstance(elapsed, (int, float)):
-            continue
-        if last is not None and elapsed < last:
-            total += last
-        last = elapsed
-    return total + (last or 0.0)
-
-
 def stage_hours(run: StageRun) -> Optional[float]:
-    if not run.metrics:
-        return None
-    return segment_seconds(run.metrics) * run.world_size / 3600.0
+    """Training wall time x ranks: the last logged ``time/elapsed_s``, which the engine carries
+    over a resume (the checkpoint records it), so it covers every attempt up to the last
+    checkpoint it resumed from."""
+    elapsed = [r["time/elapsed_s"] for r in run.metrics if isinstance(r.get("time/elapsed_s"), (int, float))]
+    return elapsed[-1] * run.world_size / 3600.0 if elapsed else None
 
 
 def stage_clips_per_s(run: StageRun) -> Optional[float]:

@@ -21,7 +21,6 @@ the crash-consistency tests use it to interrupt a save at an exact place.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -32,6 +31,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from avbert.rundir import read_json, replaced_on_success, write_json
 
 DS_TAG = "ds"
 FAULT_ENV = "AVBERT_FAULT"
@@ -57,27 +58,14 @@ def step_dir(run_dir: str | Path, step: int) -> Path:
     return checkpoint_root(run_dir) / f"step_{step:08d}"
 
 
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def read_complete(path: Path) -> Optional[CheckpointInfo]:
     """The checkpoint in ``path`` if every rank's marker is there and agrees, else None."""
-    first = _read_json(path / "rank_0.json")
+    first = read_json(path / "rank_0.json")
     if not first or "world_size" not in first:
         return None
     keys = ("step", "world_size", "zero_stage")
     for rank in range(1, int(first["world_size"])):
-        marker = _read_json(path / f"rank_{rank}.json")
+        marker = read_json(path / f"rank_{rank}.json")
         if not marker or any(marker.get(k) != first[k] for k in keys):
             return None
     return CheckpointInfo(path, int(first["step"]), int(first["world_size"]), int(first["zero_stage"]))
@@ -142,15 +130,14 @@ def clear_step_dir(path: Path) -> None:
 
 def save_rank_files(path: Path, rank: int, marker: dict) -> None:
     """This rank's RNG states, then its marker: the marker is the last file it writes."""
-    tmp = path / f"rank_{rank}.pt.tmp"
-    torch.save(rng_state(), tmp)
-    os.replace(tmp, path / f"rank_{rank}.pt")
+    with replaced_on_success(path / f"rank_{rank}.pt") as tmp:
+        torch.save(rng_state(), tmp)
     fault_point("before_marker", int(marker["step"]), rank)
-    _write_atomic(path / f"rank_{rank}.json", json.dumps(marker, indent=1))
+    write_json(path / f"rank_{rank}.json", marker)
 
 
 def read_marker(path: Path, rank: int) -> dict:
-    marker = _read_json(path / f"rank_{rank}.json")
+    marker = read_json(path / f"rank_{rank}.json")
     if marker is None:
         raise FileNotFoundError(f"{path} has no readable marker for rank {rank}")
     return marker

@@ -112,14 +112,6 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum over ranks (counts)."""
-    out = values.clone()
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM)
-    return out
-
-
 def broadcast_from_main(obj):
     """Rank 0's value of a picklable object, on every rank."""
     if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):

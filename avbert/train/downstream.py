@@ -28,15 +28,21 @@ from typing import Callable, Optional
 import torch
 
 from avbert.config import Config, config_from_dict, to_dict
-from avbert.models.heads import MULTILABEL_TASKS, TASK_FEATURE, DownstreamClassifier, feature_modalities
+from avbert.models.heads import (
+    MULTILABEL_TASKS,
+    TASK_FEATURE,
+    DownstreamClassifier,
+    feature_modalities,
+)
 from avbert.results.metrics import aggregate_views, classification_metrics, first_labels
+from avbert.rundir import EVAL, write_json
 from avbert.train.checkpoint import strip_prefix
 from avbert.train.distributed import DistEnv, setup_distributed
 from avbert.train.engine import ExportFn, TrainOutcome, run_training
 from avbert.train.metrics import MetricsFile, write_status
 
 EXPORT_FORMAT = "avbert-downstream-1"
-EVAL_FILE = "eval.json"
+EVAL_FILE = EVAL
 
 
 # -- what is trained -------------------------------------------------------------------
@@ -263,9 +269,7 @@ def eval_record(cfg: Config, classifier: DownstreamClassifier, result: dict, mod
 def write_eval(run_dir: Path, record: dict) -> Path:
     """``eval.json`` (atomically) and its metrics as the last ``metrics.jsonl`` line."""
     path = run_dir / EVAL_FILE
-    tmp = path.with_name(EVAL_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_json(path, record, sort_keys=True)
     line = {"step": record["step"], **{f"eval/{k}": v for k, v in record["metrics"].items()}}
     MetricsFile(run_dir, enabled=True).write(line)
     return path

@@ -239,7 +239,8 @@ class Trainer:
 
     def _status(self, state: str, **extra) -> None:
         if self.env.is_main:
-            write_status(self.run_dir, state, self.step, self.total, self.last_record.get("loss"), **extra)
+            write_status(self.run_dir, state, self.step, self.total, self.last_record.get("loss"),
+                         device=self.env.device.type, world_size=self.env.world_size, **extra)
 
     def _outcome(self, status: str, export_path: Optional[str] = None) -> TrainOutcome:
         return TrainOutcome(status, self.step, self.total, str(self.run_dir), export_path, dict(self.last_record))

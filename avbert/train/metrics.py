@@ -14,7 +14,6 @@ state (running, completed, preempted, failed) for status tools.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from avbert.rundir import METRICS, STATUS, read_json, read_jsonl, write_json
 from avbert.train.distributed import all_reduce_mean
 
 
@@ -106,24 +106,18 @@ def _line_step(line: str) -> float:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """All log lines of a run."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """All readable log lines of a run (a half-written last line is left out)."""
+    return read_jsonl(Path(run_dir) / METRICS)[0]
 
 
 def write_status(run_dir: str | Path, state: str, step: int, total_steps: int,
                  loss: Optional[float] = None, **extra) -> None:
-    """``status.json``: state, step, total steps, last loss, update time."""
+    """``status.json``: state, step, total steps, last loss, update time, and what ``extra``
+    adds (the engine: the device type and the world size; a failure: the error)."""
     record = {"state": state, "step": step, "total_steps": total_steps, "loss": loss,
               "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "updated_unix": time.time(), **extra}
-    path = Path(run_dir) / "status.json"
-    tmp = path.with_name("status.json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json(Path(run_dir) / STATUS, record)
 
 
 def read_status(run_dir: str | Path) -> Optional[dict]:
-    path = Path(run_dir) / "status.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(Path(run_dir) / STATUS)

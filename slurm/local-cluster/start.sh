@@ -19,7 +19,7 @@
 #
 # Env overrides: AVBERT_SLURM_BASE, AVBERT_SLURM_DB_PORT (default 3316),
 #                AVBERT_SLURM_CLUSTER (default avbert).
-# Settings follow /work/shared/PLATFORM.md ("Slurm on localhost"); Slurm 22.05 (Debian 12).
+# Tested with Slurm 22.05 (Debian 12): slurmctld, slurmd and slurmdbd on localhost.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
