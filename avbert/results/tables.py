@@ -38,14 +38,20 @@ alone: no pretraining in its chain, its weights ``scratch``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from avbert.models.heads import MULTILABEL_TASKS, TASK_FEATURE
 from avbert.results.experiments import DOWNSTREAM_KINDS, ExperimentReport, RowSpec
-from avbert.results.metrics import mean_over_splits
-from avbert.results.runs import (StageRun, stage_clips_per_s, stage_detail, stage_hours, stage_peak_mem_gb,
-                                 stage_state)
+from avbert.results.runs import (
+    StageRun,
+    stage_clips_per_s,
+    stage_detail,
+    stage_hours,
+    stage_peak_mem_gb,
+    stage_state,
+)
 
 XT_LABELS = {"none": "no", "all": "All", "lowrank": "Part"}
 XL_LABELS = {"none": "no", "cross_layer": "yes"}
@@ -275,6 +281,17 @@ def downstream_fields(row: RowRuns, pretrained_label: Callable) -> dict:
             "split": str(split) if split is not None else None,
             "pretrained": weights_label(row, pretrained_label),
             "views": f"{views}x{crops}" if views is not None and crops is not None else None}
+
+
+def mean_over_splits(per_split: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Metric-wise mean over splits (UCF101 splits, ESC-50 folds); a metric
+    missing from some split is averaged over the splits that have it."""
+    keys = sorted({key for metrics in per_split.values() for key in metrics})
+    out = {}
+    for key in keys:
+        values = [m[key] for m in per_split.values() if key in m and not math.isnan(float(m[key]))]
+        out[key] = sum(values) / len(values) if values else math.nan
+    return out
 
 
 def mean_row(group: list[dict]) -> dict:

@@ -34,9 +34,13 @@ from avbert.models.heads import (
     DownstreamClassifier,
     feature_modalities,
 )
-from avbert.results.metrics import aggregate_views, classification_metrics, first_labels
 from avbert.rundir import EVAL, write_json
 from avbert.train.checkpoint import strip_prefix
+from avbert.train.classification import (
+    aggregate_views,
+    classification_metrics,
+    first_labels,
+)
 from avbert.train.distributed import DistEnv, setup_distributed
 from avbert.train.engine import ExportFn, TrainOutcome, run_training
 from avbert.train.metrics import MetricsFile, write_status

@@ -7,8 +7,15 @@ import math
 import pytest
 import torch
 
-from avbert.results.metrics import (aggregate_views, average_precision, classification_metrics, first_labels,
-                                    mean_average_precision, mean_over_splits, topk_accuracy)
+from avbert.train.classification import (
+    aggregate_views,
+    average_precision,
+    classification_metrics,
+    first_labels,
+    mean_average_precision,
+    topk_accuracy,
+)
+from avbert.results.tables import mean_over_splits
 
 
 def reference_ap(scores: list[float], positives: list[bool]) -> float:

@@ -1,4 +1,4 @@
-"""Downstream evaluation metrics: view aggregation, top-k accuracy and mAP.
+"""Scoring a downstream evaluation: view aggregation, top-k accuracy and mAP.
 
 Test time scores every video several times (``test_views`` temporal views x
 ``test_crops`` spatial crops, 10 x 3 in the paper). ``aggregate_views``
@@ -117,18 +117,3 @@ def classification_metrics(video: VideoScores, labels: torch.Tensor, multilabel:
     if multilabel:
         return mean_average_precision(video.scores, labels)
     return topk_accuracy(video.scores, labels.long())
-
-
-def mean_over_splits(per_split: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Metric-wise mean over splits (UCF101 splits, ESC-50 folds); a metric
-    missing from some split is averaged over the splits that have it."""
-    keys = sorted({key for metrics in per_split.values() for key in metrics})
-    out = {}
-    for key in keys:
-        values = [m[key] for m in per_split.values() if key in m and not _isnan(m[key])]
-        out[key] = sum(values) / len(values) if values else math.nan
-    return out
-
-
-def _isnan(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)
