@@ -253,3 +253,50 @@ def test_resubmission_keeps_history_and_snapshot_copies_code(tmp_path):
     code = snapshot_code(tmp_path / "exp", "0123456789abcdef")
     assert code.name.endswith("-0123456") and (code / "avbert" / "launch" / "launcher.py").is_file()
     assert snapshot_code(tmp_path / "exp", "0123456789abcdef") != code
+
+
+# -- overrides at launch ------------------------------------------------------------------------------------------
+def test_overrides_reach_every_cell_and_a_bad_one_names_the_command_line(tmp_path):
+    exp, profile = read_experiment(EXPERIMENTS / "smoke.yaml"), load_profile(PROFILES / "local.yaml")
+    cells = expand(exp, "tiny", profile, tmp_path, overrides=("train.steps=7", "optim.lr=0.002"))
+    assert {(c.config.train.steps, c.config.optim.lr) for c in cells} == {(7, 0.002)}  # stage settings overridden
+    with pytest.raises(ConfigError) as err:
+        expand(exp, "tiny", profile, tmp_path, overrides=("model.fusion=middle",))
+    assert err.value.source == "command line" and err.value.key == "model.fusion"
+
+
+def test_a_cell_whose_config_changed_since_it_ran_is_not_resubmitted_unless_asked(tmp_path, capsys):
+    from avbert.config import dump_yaml
+
+    runs = tmp_path / "runs"
+    for cell in expand(read_experiment(EXPERIMENTS / "smoke.yaml"), "tiny", load_profile(PROFILES / "local.yaml"),
+                       runs):  # what an earlier launch ran with
+        cell.run_dir.mkdir(parents=True)
+        dump_yaml(cell.config, cell.run_dir / "config.yaml")
+    cells = launcher.changed_cells(expand(read_experiment(EXPERIMENTS / "smoke.yaml"), "tiny",
+                                          load_profile(PROFILES / "local.yaml"), runs, overrides=("optim.lr=0.002",)))
+    assert cells and all(keys == ["optim.lr"] for keys in cells.values())
+    argv = [str(EXPERIMENTS / "smoke.yaml"), "optim.lr=0.002", "--dry-run", "--cluster", "local", "--runs-dir", str(runs)]
+    assert launcher.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "overrides for every cell: optim.lr=0.002" in out and "changed since it ran (optim.lr)" in out
+    plain = launcher.changed_cells(expand(read_experiment(EXPERIMENTS / "smoke.yaml"), "tiny",
+                                          load_profile(PROFILES / "local.yaml"), runs))
+    assert plain == {}  # the same launch again: nothing changed (the commit is not compared)
+
+
+def test_rerun_changed_submits_the_changed_cells_and_sets_their_old_runs_aside(tmp_path):
+    cells = smoke_cells(tmp_path)
+    changed = {cells[0].name: ["optim.lr"]}
+    statuses = {cells[0].name: CellStatus(cells[0].name, "COMPLETED")}
+    kept = make_plan(cells, statuses, changed=changed)[0]
+    assert (kept.action, kept.reason) == ("skip", "changed since it ran (optim.lr); --rerun-changed runs it again")
+    rerun = make_plan(cells, statuses, changed=changed, rerun_changed=True)[0]
+    assert rerun.submit and "runs again from scratch" in rerun.reason
+    live = make_plan(cells, {cells[0].name: CellStatus(cells[0].name, "RUNNING", job_id="5")}, changed=changed,
+                     rerun_changed=True)[0]
+    assert not live.submit and "cancel it first" in live.reason
+    cells[0].run_dir.mkdir(parents=True)
+    (cells[0].run_dir / "config.yaml").write_text("x: 1\n")
+    moved = launcher.set_aside(cells[0].run_dir)
+    assert not cells[0].run_dir.exists() and (moved / "config.yaml").is_file() and ".replaced-" in moved.name

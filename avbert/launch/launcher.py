@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from avbert.config import ConfigError
+from avbert.config import ConfigError, to_dict
 from avbert.launch import index as idx
 from avbert.launch.plan import PlannedCell, make_plan, plan_table
 from avbert.launch.profile import Profile, load_profile
@@ -32,6 +33,7 @@ from avbert.launch.registry import Cell, expand, select
 from avbert.launch.spec import SCALES, Experiment, read_experiment
 from avbert.launch.status import gather, read_run_status
 from avbert.launch.submit import Submitted, run_local, submit_slurm
+from avbert.rundir import CONFIG, read_yaml_mapping
 
 DEFAULT_PROFILE = idx.REPO_ROOT / "slurm" / "profiles" / "local.yaml"
 SQUEUE_HINT = "squeue -o '%.14i %.45j %.10T %.10M %R'"
@@ -51,11 +53,14 @@ class Launch:
     exp_dir: Path
     runs_dir: Path
     commit: Optional[str]
+    overrides: list[str]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python tools/launch.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", help="experiment file, e.g. experiments/sharing_ablation.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides for every cell, e.g. train.steps=200 optim.lr=0.0005")
     parser.add_argument("--cluster", choices=("slurm", "local"),
                         help="where to run (default: Slurm when sbatch is on PATH, else this machine)")
     parser.add_argument("--profile", default=str(DEFAULT_PROFILE),
@@ -65,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cells to launch: experiment/variant/stage, variant/stage or variant (globs allowed)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; submit nothing")
     parser.add_argument("--retry-failed", action="store_true", help="submit failed cells again")
+    parser.add_argument("--rerun-changed", action="store_true",
+                        help="run again, from scratch, cells whose config changed since they ran")
     parser.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     return parser
 
@@ -105,18 +112,19 @@ def prepare(args: argparse.Namespace) -> Launch:
     scale = args.scale or experiment.spec.default_scale
     cluster, note = choose_cluster(args.cluster)
     commit = idx.git_commit()
-    cells = expand(experiment, scale, profile, args.runs_dir, commit)
+    cells = expand(experiment, scale, profile, args.runs_dir, commit, overrides=tuple(args.overrides))
     if cluster == "local":
         check_local(cells, experiment, scale)
     selected = {cell.name for cell in select(cells, args.only, "command line")}
     exp_dir = idx.experiment_dir(args.runs_dir, experiment.name)
     check_runs_dir(exp_dir, scale)
     runs_dir = Path(args.runs_dir).expanduser().resolve()
-    return Launch(experiment, profile, scale, cluster, note, cells, selected, exp_dir, runs_dir, commit)
+    return Launch(experiment, profile, scale, cluster, note, cells, selected, exp_dir, runs_dir, commit,
+                  list(args.overrides))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 160)
     errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     try:
@@ -127,7 +135,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     index = idx.read_index(launch.exp_dir)
     idx.describe_cells(index, launch.experiment, launch.cells, launch.scale)
     statuses = gather(index, [cell.name for cell in launch.cells])
-    plan = make_plan(launch.cells, statuses, args.retry_failed, launch.selected)
+    changed = changed_cells(launch.cells)
+    plan = make_plan(launch.cells, statuses, args.retry_failed, launch.selected, changed, args.rerun_changed)
     _print_header(console, launch)
     title = f"{launch.experiment.name} at {launch.scale} scale: plan"
     console.print(plan_table(plan, f"{title} (dry run)" if args.dry_run else title))
@@ -140,6 +149,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         idx.write_index(launch.exp_dir, index)
         console.print("nothing to submit")
         return 0
+    for planned in todo:
+        if planned.cell.name in changed:
+            set_aside(planned.cell.run_dir)
     code_dir = idx.snapshot_code(launch.exp_dir, launch.commit)
     _record_launch(index, launch, code_dir, argv, todo)
     record = _recorder(index, launch, code_dir)
@@ -148,11 +160,52 @@ def main(argv: Optional[list[str]] = None) -> int:
     return _launch_local(console, launch, plan, index, code_dir, record)
 
 
+def flat_items(data, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out = {}
+    for key, value in data.items():
+        out.update(flat_items(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+RECORDED_ONLY = ("git_commit",)  # differs between launches of the same config
+
+
+def changed_cells(cells: list[Cell]) -> dict[str, list[str]]:
+    """Cells whose run directory recorded a resolved config (``config.yaml``) that differs
+    from the one this launch resolves, with the dotted keys that differ."""
+    changed = {}
+    for cell in cells:
+        recorded = read_yaml_mapping(cell.run_dir / CONFIG)
+        if recorded is None:
+            continue
+        old, new = flat_items(recorded), flat_items(to_dict(cell.config))
+        keys = sorted(k for k in old.keys() | new.keys()
+                      if k not in RECORDED_ONLY and _plain(old.get(k)) != _plain(new.get(k)))
+        if keys:
+            changed[cell.name] = keys
+    return changed
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move a run directory out of the way of a rerun: ``<stage>.replaced-<time>`` beside it."""
+    target = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(target)
+    return target
+
+
 def _record_launch(index: dict, launch: Launch, code_dir: Path, argv: Optional[list[str]],
                    todo: list[PlannedCell]) -> None:
     index["launches"].append({"time": idx.now_text(), "cluster": launch.cluster, "profile": launch.profile.path,
                               "scale": launch.scale, "code_dir": str(code_dir), "git_commit": launch.commit,
                               "argv": list(argv if argv is not None else sys.argv[1:]),
+                              "overrides": launch.overrides,
                               "submitted": [p.cell.name for p in todo]})
     idx.write_index(launch.exp_dir, index)
 
@@ -161,6 +214,8 @@ def _print_header(console: Console, launch: Launch) -> None:
     console.print(f"[bold]{launch.experiment.name}[/] ({launch.experiment.source}) at [bold]{launch.scale}[/] scale, "
                   f"profile [bold]{launch.profile.name}[/] ({launch.profile.path})")
     console.print(f"{launch.cluster_note}; runs in {launch.exp_dir}")
+    if launch.overrides:
+        console.print(f"overrides for every cell: {escape(' '.join(launch.overrides))}")
 
 
 def _recorder(index: dict, launch: Launch, code_dir: Path):

@@ -39,7 +39,15 @@ class PlanColumn:
     justify: str = "left"
 
 
-def _decide(cell: Cell, status: CellStatus, retry_failed: bool) -> tuple[str, str]:
+def _decide(cell: Cell, status: CellStatus, retry_failed: bool, changed: Optional[list[str]],
+            rerun_changed: bool) -> tuple[str, str]:
+    if changed:
+        what = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        if status.live:
+            return "skip", f"changed ({what}) but {status.state.lower()} as job {status.job_id}; cancel it first"
+        if rerun_changed:
+            return "submit", f"config changed ({what}): runs again from scratch"
+        return "skip", f"changed since it ran ({what}); --rerun-changed runs it again"
     if status.completed:
         return "skip", "completed"
     if status.live:
@@ -69,14 +77,18 @@ def _upstream(planned: PlannedCell, up: Optional[PlannedCell], up_status: Option
 
 
 def make_plan(cells: list[Cell], statuses: dict[str, CellStatus], retry_failed: bool = False,
-              selected: Optional[set[str]] = None) -> list[PlannedCell]:
-    """One decision per selected cell, upstream cells first."""
+              selected: Optional[set[str]] = None, changed: Optional[dict[str, list[str]]] = None,
+              rerun_changed: bool = False) -> list[PlannedCell]:
+    """One decision per selected cell, upstream cells first. ``changed``: the cells whose
+    resolved config differs from the one their run directory recorded, with the keys
+    that differ; they are skipped unless ``rerun_changed``."""
+    changed = changed or {}
     plan: dict[str, PlannedCell] = {}
     for cell in sorted(cells, key=lambda c: c.upstream is not None):
         if selected is not None and cell.name not in selected:
             continue
         status = statuses.get(cell.name) or CellStatus(cell.name, "NEW")
-        action, reason = _decide(cell, status, retry_failed)
+        action, reason = _decide(cell, status, retry_failed, changed.get(cell.name), rerun_changed)
         planned = PlannedCell(cell, status, action, reason)
         if planned.submit and cell.upstream:
             _upstream(planned, plan.get(cell.upstream), statuses.get(cell.upstream))

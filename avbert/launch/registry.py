@@ -33,7 +33,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from avbert.config import Config, ConfigError, config_from_dict, deep_merge
+from avbert.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    deep_merge,
+    overrides_to_dict,
+)
 from avbert.launch.profile import Profile
 from avbert.launch.resources import Resources, resolve_resources
 from avbert.launch.spec import Experiment, expand_axes, expand_grid
@@ -195,36 +201,41 @@ def _stage_layers(exp: Experiment, scale: str, stage: str, chosen: dict) -> list
 
 
 def expand(exp: Experiment, scale: str, profile: Profile, runs_dir: str | Path, git_commit: Optional[str] = None,
-           check_files: bool = True) -> list[Cell]:
-    """Every cell of the experiment at ``scale``, variant by variant, stages in dependency order."""
+           check_files: bool = True, overrides: tuple[str, ...] = ()) -> list[Cell]:
+    """Every cell of the experiment at ``scale``, variant by variant, stages in dependency order.
+
+    ``overrides`` (``key.path=value``, from the launch command line) apply to every cell,
+    after everything the experiment file says; an error in one names the command line."""
     if scale not in exp.spec.scales:
         raise ConfigError(f"scale '{scale}' is not defined here; defined: {', '.join(exp.spec.scales)}",
                           exp.source, "scales")
     root = Path(runs_dir).expanduser().resolve() / exp.name
     scale_layer = Layer(f"scales.{scale}.config", exp.spec.scales[scale].config, exp.source)
+    command_line = [Layer("", overrides_to_dict(list(overrides)), "command line")] if overrides else []
     stages = _stage_order(exp, scale)
     cells = []
     for variant_name, variant, chosen in expand_grid(exp.spec.grid):
         head = [_base_layer(exp), scale_layer, *_grid_layers(exp, variant, chosen)]
         for stage in stages:
-            cells += _stage_cells(exp, scale, profile, root, variant_name, stage, head, git_commit, check_files)
+            cells += _stage_cells(exp, scale, profile, root, variant_name, stage, head, git_commit, check_files,
+                                  command_line=command_line)
     for name, keys in exp.spec.grid.from_scratch.items():
         label = f"grid.from_scratch.{name}"
         head = [_base_layer(exp), scale_layer, Layer(label, nest(keys, exp.source, label), exp.source)]
         for stage in (s for s in stages if exp.spec.stages[s].kind != "pretrain"):
             cells += _stage_cells(exp, scale, profile, root, name, stage, head, git_commit, check_files,
-                                  from_scratch=True)
+                                  from_scratch=True, command_line=command_line)
     return cells
 
 
 def _stage_cells(exp: Experiment, scale: str, profile: Profile, root: Path, variant: str, stage: str,
                  head: list[Layer], git_commit: Optional[str], check_files: bool,
-                 from_scratch: bool = False) -> list[Cell]:
+                 from_scratch: bool = False, command_line: Optional[list[Layer]] = None) -> list[Cell]:
     """The cells of one stage of one variant: one per combination of the stage's axes."""
     cells = []
     for suffix, stage_chosen in expand_axes(exp.spec.stages[stage].axes):
         stage_name = f"{stage}-{suffix}" if suffix else stage
-        layers = head + _stage_layers(exp, scale, stage, stage_chosen)
+        layers = head + _stage_layers(exp, scale, stage, stage_chosen) + (command_line or [])
         cells.append(_make_cell(exp, scale, profile, root, variant, stage, stage_name, layers, git_commit,
                                 check_files, from_scratch))
     return cells
