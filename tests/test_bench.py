@@ -156,3 +156,14 @@ def test_bench_tool_quick_writes_both_files(tmp_path):
         assert target["target"] in text
     if not torch.cuda.is_available():
         assert "not measured (no GPU)" in text
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_zero():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "tools" / "gpu_check.py")], capture_output=True, text=True,
+                            env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+    assert result.returncode == 0 and "no CUDA GPU" in result.stdout, result.stdout + result.stderr
