@@ -16,6 +16,10 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 
 started_cluster=0
+if [ "${AVBERT_SKIP_SLURM:-0}" != 1 ] && [ "$(id -u)" != 0 ]; then
+  echo "tests/run.sh: not root, so the local Slurm cluster cannot be started: the Slurm tests are skipped"
+  export AVBERT_SKIP_SLURM=1
+fi
 if [ "${AVBERT_SKIP_SLURM:-0}" != 1 ] && [ -x slurm/local-cluster/start.sh ]; then
   bash slurm/local-cluster/start.sh
   started_cluster=1
