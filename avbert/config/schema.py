@@ -362,8 +362,14 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute CNN stages and Transformer layers in the backward pass
     compile: bool = False  # torch.compile the module inside DeepSpeed (engine.compile)
     channels_last: bool = False  # run the CNNs channels-last (channels_last_3d for video)
+    # Where log lines go: metrics.jsonl always (the run's record), and optionally TensorBoard
+    # (<run_dir>/tensorboard) and Weights & Biases (offline unless WANDB_MODE says otherwise);
+    # avbert.train.loggers.
+    loggers: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl",)
 
     def validate(self) -> None:
+        if "jsonl" not in self.loggers:
+            raise ValueError(f"loggers must include 'jsonl' (metrics.jsonl is the run's record); got {list(self.loggers)}")
         for name in ("steps", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -270,12 +270,15 @@ def eval_record(cfg: Config, classifier: DownstreamClassifier, result: dict, mod
             "params": count_parameters(classifier.model)}
 
 
-def write_eval(run_dir: Path, record: dict) -> Path:
+def write_eval(run_dir: Path, record: dict, loggers=("jsonl",)) -> Path:
     """``eval.json`` (atomically) and its metrics as the last ``metrics.jsonl`` line."""
     path = run_dir / EVAL_FILE
     write_json(path, record, sort_keys=True)
     line = {"step": record["step"], **{f"eval/{k}": v for k, v in record["metrics"].items()}}
-    MetricsFile(run_dir, enabled=True).write(line)
+    metrics = MetricsFile(run_dir, enabled=True)
+    metrics.open_sinks(loggers, record.get("config") or {}, resume_step=record["step"])
+    metrics.write(line)
+    metrics.close()
     return path
 
 
@@ -291,7 +294,7 @@ def finish_with_evaluation(cfg: Config, outcome: TrainOutcome, env: DistEnv, mod
                          error=f"evaluation: {type(err).__name__}: {err}")
         raise
     if env.is_main:
-        write_eval(run_dir, record)
+        write_eval(run_dir, record, cfg.train.loggers)
     outcome.metrics.update({f"eval/{k}": v for k, v in record["metrics"].items()})
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from avbert.config import Config, dump_yaml
+from avbert.config import Config, dump_yaml, to_dict
 from avbert.train import checkpoint as ckpt
 from avbert.train.distributed import DistEnv, all_reduce_max, barrier, broadcast_from_main
 from avbert.train.ds_config import build_ds_config, build_optimizer
@@ -117,6 +117,7 @@ class Trainer:
         self.means = IntervalMeans()
         self.elapsed_before = 0.0  # training time of earlier attempts, from the checkpoint
         self.step = self._resume()
+        self.metrics.open_sinks(cfg.train.loggers, to_dict(cfg), resume_step=self.step or None)
         self.last_record: dict = {}
         self.last_grad_norm: Optional[torch.Tensor] = None
         self.lr = lr_at(self.step, self.total, cfg.optim)
@@ -160,6 +161,7 @@ class Trainer:
             raise
         finally:
             progress.close()
+            self.metrics.close()
         self._status(outcome.status, export=outcome.export_path)
         return outcome
 

@@ -79,11 +79,26 @@ def combine_counts(per_rank: list[dict], seconds: float) -> dict[str, float]:
 
 
 class MetricsFile:
-    """Appends log lines to ``metrics.jsonl`` (main rank only)."""
+    """Appends log lines to ``metrics.jsonl`` (main rank only), and to the sinks of
+    ``train.loggers`` once ``open_sinks`` has opened them (``avbert.train.loggers``)."""
 
     def __init__(self, run_dir: str | Path, enabled: bool):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
+        self.sinks: list = []
+
+    def open_sinks(self, loggers, config: dict, resume_step: Optional[int] = None) -> None:
+        """TensorBoard and W&B as ``loggers`` asks; ``resume_step``: the checkpoint a resumed
+        run continues from (its later steps are logged again)."""
+        if self.enabled:
+            from avbert.train.loggers import build_sinks
+
+            self.sinks = build_sinks(loggers, self.path.parent, config, resume_step)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
     def truncate_after(self, step: int) -> None:
         """Drop lines past ``step``: a resumed run re-logs the steps after its checkpoint."""
@@ -96,6 +111,8 @@ class MetricsFile:
         if self.enabled:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            for sink in self.sinks:
+                sink.write(record)
 
 
 def _line_step(line: str) -> float:
