@@ -300,3 +300,28 @@ def test_rerun_changed_submits_the_changed_cells_and_sets_their_old_runs_aside(t
     (cells[0].run_dir / "config.yaml").write_text("x: 1\n")
     moved = launcher.set_aside(cells[0].run_dir)
     assert not cells[0].run_dir.exists() and (moved / "config.yaml").is_file() and ".replaced-" in moved.name
+
+
+# -- hostile experiment files -------------------------------------------------------------------------------------
+def billion_laughs(path: Path) -> Path:
+    """About 1 kB of YAML whose nested aliases stand for 10^10 values."""
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    path.write_text("\n".join(lines) + "\nname: laughs\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["binary", "aliases"])
+def test_a_hostile_experiment_file_is_refused_quickly_naming_it(tmp_path, capsys, kind):
+    import time
+
+    if kind == "binary":
+        path = tmp_path / "binary.yaml"
+        path.write_bytes(bytes(range(256)) * 4)
+    else:
+        path = billion_laughs(tmp_path / "laughs.yaml")
+    started = time.monotonic()
+    assert launcher.main([str(path), "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert time.monotonic() - started < 20  # refused before any walk over the expanded values (minutes)
+    err = capsys.readouterr().err
+    assert str(path) in err.replace("\n", "") and ("not a text file" in err or "aliases" in err), err

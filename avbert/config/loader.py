@@ -188,20 +188,47 @@ def overrides_to_dict(overrides: list[str]) -> dict:
     return tree
 
 
+MAX_YAML_VALUES = 100_000  # far above any config or experiment file; aliases counted expanded
+
+
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; a missing or malformed file is a ConfigError naming it."""
+    """Read a YAML mapping; a missing, binary, malformed or alias-bomb file is a ConfigError
+    naming it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("file not found", str(path))
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"not a text file: byte {err.start} is not UTF-8", str(path)) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"not valid YAML: {err}", str(path)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping", str(path))
+    _check_expanded_size(data, str(path))
     return data
+
+
+def _check_expanded_size(data: Any, source: str) -> None:
+    """Refuse a document that holds more than ``MAX_YAML_VALUES`` values once its aliases are
+    expanded (aliases nested in aliases grow exponentially: a 1 kB file can stand for
+    billions of values, which every later walk over the config would visit)."""
+    left = MAX_YAML_VALUES
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        left -= 1
+        if left < 0:
+            raise ConfigError(f"more than {MAX_YAML_VALUES} values once its YAML aliases are expanded "
+                              "(aliases nested in aliases)", source)
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def to_dict(obj: Any) -> Any:
