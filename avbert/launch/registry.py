@@ -42,7 +42,7 @@ from avbert.config import (
 )
 from avbert.launch.profile import Profile
 from avbert.launch.resources import Resources, resolve_resources
-from avbert.launch.spec import Experiment, expand_axes, expand_grid
+from avbert.launch.spec import Experiment, expand_axes, expand_grid, seeded_name
 
 LAUNCHER_KEYS = ("name", "stage", "git_commit", "train.run_dir", "downstream.pretrained")
 
@@ -60,6 +60,8 @@ class Cell:
     resources: Resources
     run_dir: Path
     stage_key: str = ""  # the stage's key under ``stages`` in the experiment file
+    seed: Optional[int] = None  # the experiment's seed this cell runs (``seeds``), else None
+    base_variant: str = ""  # the variant without its seed suffix
 
     @property
     def name(self) -> str:
@@ -213,31 +215,44 @@ def expand(exp: Experiment, scale: str, profile: Profile, runs_dir: str | Path, 
     scale_layer = Layer(f"scales.{scale}.config", exp.spec.scales[scale].config, exp.source)
     command_line = [Layer("", overrides_to_dict(list(overrides)), "command line")] if overrides else []
     stages = _stage_order(exp, scale)
+    seeds = exp.spec.seeds or [None]
     cells = []
     for variant_name, variant, chosen in expand_grid(exp.spec.grid):
         head = [_base_layer(exp), scale_layer, *_grid_layers(exp, variant, chosen)]
-        for stage in stages:
-            cells += _stage_cells(exp, scale, profile, root, variant_name, stage, head, git_commit, check_files,
-                                  command_line=command_line)
+        for seed in seeds:
+            for stage in stages:
+                cells += _stage_cells(exp, scale, profile, root, variant_name, stage, head, git_commit, check_files,
+                                      tail=_seed_layer(exp, seed) + command_line, seed=seed)
     for name, keys in exp.spec.grid.from_scratch.items():
         label = f"grid.from_scratch.{name}"
         head = [_base_layer(exp), scale_layer, Layer(label, nest(keys, exp.source, label), exp.source)]
-        for stage in (s for s in stages if exp.spec.stages[s].kind != "pretrain"):
-            cells += _stage_cells(exp, scale, profile, root, name, stage, head, git_commit, check_files,
-                                  from_scratch=True, command_line=command_line)
+        for seed in seeds:
+            for stage in (s for s in stages if exp.spec.stages[s].kind != "pretrain"):
+                cells += _stage_cells(exp, scale, profile, root, name, stage, head, git_commit, check_files,
+                                      from_scratch=True, tail=_seed_layer(exp, seed) + command_line, seed=seed)
     return cells
+
+
+def _seed_layer(exp: Experiment, seed: Optional[int]) -> list[Layer]:
+    """The seed of one run of an experiment with ``seeds``: the model's initialisation and
+    data order (``train.seed``) and the objective's draws (``objective.seed``)."""
+    if seed is None:
+        return []
+    return [Layer("seeds", {"train": {"seed": seed}, "objective": {"seed": seed}}, exp.source)]
 
 
 def _stage_cells(exp: Experiment, scale: str, profile: Profile, root: Path, variant: str, stage: str,
                  head: list[Layer], git_commit: Optional[str], check_files: bool,
-                 from_scratch: bool = False, command_line: Optional[list[Layer]] = None) -> list[Cell]:
+                 from_scratch: bool = False, tail: Optional[list[Layer]] = None,
+                 seed: Optional[int] = None) -> list[Cell]:
     """The cells of one stage of one variant: one per combination of the stage's axes."""
     cells = []
     for suffix, stage_chosen in expand_axes(exp.spec.stages[stage].axes):
         stage_name = f"{stage}-{suffix}" if suffix else stage
-        layers = head + _stage_layers(exp, scale, stage, stage_chosen) + (command_line or [])
-        cells.append(_make_cell(exp, scale, profile, root, variant, stage, stage_name, layers, git_commit,
-                                check_files, from_scratch))
+        layers = head + _stage_layers(exp, scale, stage, stage_chosen) + (tail or [])
+        cell = _make_cell(exp, scale, profile, root, seeded_name(variant, seed), stage, stage_name, layers,
+                          git_commit, check_files, from_scratch)
+        cells.append(replace(cell, seed=seed, base_variant=variant))
     return cells
 
 
@@ -260,7 +275,8 @@ def _make_cell(exp: Experiment, scale: str, profile: Profile, root: Path, varian
 
 
 def select(cells: list[Cell], patterns: list[str], source: str) -> list[Cell]:
-    """Cells matching any ``--only`` pattern: a cell name, ``variant/stage`` or ``variant`` (globs allowed)."""
+    """Cells matching any ``--only`` pattern: a cell name, ``variant/stage`` or ``variant`` (globs
+    allowed); a variant run over seeds matches by its name with or without the seed."""
     import fnmatch
 
     if not patterns:
@@ -268,7 +284,8 @@ def select(cells: list[Cell], patterns: list[str], source: str) -> list[Cell]:
     chosen = []
     for pattern in patterns:
         matched = [cell for cell in cells if any(fnmatch.fnmatchcase(text, pattern) for text in
-                                                 (cell.name, f"{cell.variant}/{cell.stage}", cell.variant))]
+                                                 (cell.name, f"{cell.variant}/{cell.stage}", cell.variant,
+                                                  cell.base_variant, f"{cell.base_variant}/{cell.stage}"))]
         if not matched:
             names = ", ".join(cell.name for cell in cells)
             raise ConfigError(f"--only {pattern!r} matches no cell; cells: {names}", source)

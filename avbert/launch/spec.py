@@ -115,6 +115,9 @@ class ExperimentSpec:
     description: str = ""
     base: Any = None
     default_scale: Literal["paper", "tiny"] = "paper"
+    # Run every variant once per seed (train.seed and objective.seed), as variants named
+    # <variant>-seed<n>; the tables show each row's mean, standard deviation and n.
+    seeds: list[int] = field(default_factory=list)
     scales: dict[str, ScaleSpec] = field(default_factory=dict)
     grid: GridSpec = field(default_factory=GridSpec)
     stages: dict[str, StageSpec] = field(default_factory=dict)
@@ -207,6 +210,7 @@ def check_structure(spec: ExperimentSpec, source: str) -> None:
     _check_grid(spec.grid, source)
     _check_from_scratch(spec, source)
     _check_report(spec, source)
+    _check_seeds(spec, source)
 
 
 def _check_scales(spec: ExperimentSpec, source: str) -> None:
@@ -317,6 +321,21 @@ def _check_grid(grid: GridSpec, source: str) -> None:
             raise ConfigError(f"two cells are both named '{name}'; rename a variant or relabel an axis value",
                               source, f"grid.variants.{variant}" if variant else "grid.axes")
         seen.add(name)
+
+
+SEED_SUFFIX = "-seed"
+
+
+def seeded_name(variant: str, seed: Optional[int]) -> str:
+    """The variant of one seed: ``xl-part-seed1``; the variant itself without seeds."""
+    return variant if seed is None else f"{variant}{SEED_SUFFIX}{seed}"
+
+
+def _check_seeds(spec: ExperimentSpec, source: str) -> None:
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise ConfigError(f"seeds repeat: {spec.seeds}", source, "seeds")
+    if any(seed < 0 for seed in spec.seeds):
+        raise ConfigError(f"seeds must be >= 0, got {spec.seeds}", source, "seeds")
 
 
 def _check_from_scratch(spec: ExperimentSpec, source: str) -> None:

@@ -39,6 +39,12 @@ class CellSpec:
     kind: str
     after: Optional[str] = None
     config: Optional[dict] = None
+    seed: Optional[int] = None  # the experiment's seed (``seeds``) this cell runs
+    base_variant: Optional[str] = None  # the variant without its seed suffix
+
+    @property
+    def row_variant(self) -> str:
+        return self.base_variant or self.variant
 
 
 @dataclass
@@ -65,6 +71,7 @@ class ExperimentReport:
     cells: list[CellSpec]
     reference: dict[str, dict] = field(default_factory=dict)
     jobs: dict[tuple[str, str], dict] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)  # the experiment's ``seeds``: each row run once per seed
 
     def job_state(self, variant: str, stage: str) -> Optional[str]:
         state = (self.jobs.get((variant, stage)) or {}).get("state")
@@ -75,11 +82,12 @@ class ExperimentReport:
         stage (``avbert.launch.spec.reference_keys``) by the most specific key that names it:
         ``variant/stage``, ``stage``, ``variant/base stage``, ``base stage``."""
         cell = row.evaluated
+        variant = row.chain[-1].row_variant
         if self.layout not in ROW_PER_STAGE_LAYOUTS:
-            return self.reference.get(row.variant) or {}
+            return self.reference.get(variant) or {}
         if cell is None:
             return {}
-        for key in (f"{row.variant}/{cell.stage}", cell.stage, f"{row.variant}/{cell.base_stage}", cell.base_stage):
+        for key in (f"{variant}/{cell.stage}", cell.stage, f"{variant}/{cell.base_stage}", cell.base_stage):
             if key in self.reference:
                 return self.reference[key] or {}
         return {}
@@ -172,8 +180,8 @@ def expand_cells(exp, scale: Optional[str], runs_dir: Path) -> tuple[str, list[C
         scale = min(expanded, key=lambda s: (-sum((c.variant, c.stage) in on_disk for c in expanded[s]),
                                              s != exp.spec.default_scale))
     stages = list(exp.spec.stages)
-    return scale, [CellSpec(c.variant, c.stage, _base_stage(c.stage, stages), c.kind, c.after, to_dict(c.config))
-                   for c in expanded[scale]]
+    return scale, [CellSpec(c.variant, c.stage, _base_stage(c.stage, stages), c.kind, c.after, to_dict(c.config),
+                            c.seed, c.base_variant) for c in expanded[scale]]
 
 
 def _extra_cell(runs_dir: Path, name: str, variant: str, stage: str) -> CellSpec:
@@ -201,4 +209,5 @@ def load_report(experiment: str, runs_dir: str | Path, search: tuple[Path, ...])
     if report is None:
         return ExperimentReport(exp.name, "sharing", exp.name, scale, cells, {}, jobs)
     reference = {key: dict(vars(value)) for key, value in report.reference.items()}
-    return ExperimentReport(exp.name, report.layout, report.title or exp.name, scale, cells, reference, jobs)
+    return ExperimentReport(exp.name, report.layout, report.title or exp.name, scale, cells, reference, jobs,
+                            list(exp.spec.seeds))

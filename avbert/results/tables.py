@@ -39,6 +39,7 @@ alone: no pretraining in its chain, its weights ``scratch``.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -235,8 +236,9 @@ def metrics_row(spec: ExperimentReport, row: RowRuns, params_of: Callable) -> di
     """State, metrics, reference, cost and the model facts of one row."""
     cell = row.spec.evaluated
     state, detail = row_state(spec, row)
-    out = {"variant": row.spec.variant, "stage": row.spec.chain[-1].stage, "protocol": cell.kind if cell else "",
-           "state": state, "detail": detail}
+    last = row.spec.chain[-1]
+    out = {"variant": row.spec.variant, "stage": last.stage, "protocol": cell.kind if cell else "",
+           "state": state, "detail": detail, "seed": last.seed, "_base_variant": last.row_variant}
     metrics = row.evaluation.get("metrics") or {}
     for name in METRICS:
         out[name] = float(metrics[name]) if metrics.get(name) is not None else None
@@ -388,6 +390,55 @@ def component_rows(rows: list[dict]) -> tuple[list[dict], list[Column]]:
     return table, columns
 
 
+def seed_columns(columns: list[Column]) -> list[Column]:
+    """The layout's columns with the seed after the variant and each metric's standard
+    deviation over seeds after the metric."""
+    out = []
+    for column in columns:
+        out.append(column)
+        if column.key == "variant":
+            out += [Column("seed", "seed"), Column("seeds", "seeds done")]
+        if column.key in METRICS:
+            out.append(Column(f"{column.key}_std", f"± {METRICS[column.key]}", "f1"))
+    return out
+
+
+def with_seed_means(rows: list[dict], asked: int) -> list[dict]:
+    """Rows, each group of one variant's stage run over the experiment's seeds followed by its
+    ``mean`` row: the metrics' mean and sample standard deviation over the seeds that are
+    done, ``seeds done`` (n of those asked), ``done`` when all are in, else ``partial``. Split
+    rows are left as they are; a stage over splits is summarised by its split means."""
+    groups: dict = {}
+    for row in rows:
+        if row.get("seed") is not None and row.get("_group") is None:
+            groups.setdefault((row["_base_variant"], row["stage"]), []).append(row)
+    out = []
+    for row in rows:
+        out.append(row)
+        group = groups.get((row.get("_base_variant"), row["stage"])) if row.get("_group") is None else None
+        if group and row is group[-1]:
+            out.append(seed_mean_row(group, asked))
+    return out
+
+
+def seed_mean_row(group: list[dict], asked: int) -> dict:
+    done = [row for row in group if row["state"] == "done"]
+    first = group[0]
+    row = {key: value for key, value in first.items() if not key.startswith(("top1", "top5", "map", "delta_"))}
+    row.update(variant=first["_base_variant"], seed="mean", seeds=f"{len(done)}/{asked}",
+               state="done" if len(done) == asked else "partial",
+               detail="" if len(done) == asked else f"{len(done)} of {asked} seeds done", _group=None)
+    for name in METRICS:
+        values = [r[name] for r in done if r.get(name) is not None]
+        row[name] = statistics.fmean(values) if values else None
+        row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        paper = row.get(f"paper_{name}")
+        row[f"delta_{name}"] = row[name] - paper if row[name] is not None and paper is not None else None
+    runs = list({id(run): run for r in group for run in r["_runs"]}.values())
+    row.update(row_cost(runs), clips_per_s=None)
+    return row
+
+
 def hours_header(runs: list[StageRun]) -> str:
     """GPU-hours when every run that says where it ran used a GPU, CPU-hours when
     all used CPUs, device-hours when they are mixed or none says."""
@@ -432,6 +483,9 @@ def build_table(spec: ExperimentReport, runs: dict[tuple[str, str], StageRun], p
         rows, layout_columns = component_rows(rows)
     else:
         layout_columns = LAYOUT_COLUMNS[spec.layout]
+    if spec.seeds and spec.layout != "components":
+        rows = with_seed_means(rows, len(spec.seeds))
+        layout_columns = seed_columns(layout_columns)
     columns = shown_columns(layout_columns, rows) + cost_columns(hours_header(list(runs.values())))
     keys = {column.key for column in columns}
     notes = ([PAPER_NOTE] if any(key.startswith("paper_") and key != "paper_params_m" for key in keys) else [])
