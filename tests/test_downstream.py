@@ -107,3 +107,7 @@ def test_manifest_split_and_visual_feature(tmp_path):
     result = read_eval(tmp_path / "run")
     assert (result["task"], result["feature"], result["split"], result["num_classes"]) == ("ucf101", "v_cnn", "1", 3)
     assert result["videos"] == 4 and result["views_per_video"] == [6]  # test1 = every 5th video
+    from avbert.rundir import file_sha256
+
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["manifest_sha256"] == file_sha256(manifest)  # the provenance collect shows

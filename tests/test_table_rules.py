@@ -133,3 +133,20 @@ def test_the_scratch_row_has_no_pretraining_in_its_chain(tables):
     row = {r["variant"]: r for r in tables["fx_sharing"].rows}["scratch"]
     assert (row["stage"], row["state"], row["top1"]) == ("synthetic_eval", "done", 29.5)
     assert row["hours"] == pytest.approx(100 / 3600)  # its own probe only: no pretraining counted
+
+
+# -- provenance -----------------------------------------------------------------------------------------------------
+def test_each_row_says_its_runs_commits_and_manifests_and_flags_disagreement(tmp_path):
+    from avbert.results.tables import provenance
+
+    def run(commit, digest, manifest="/data/m/ucf101.jsonl"):
+        config = {"git_commit": commit, "data": {"source": "manifest", "manifest": manifest}}
+        return StageRun("s", tmp_path, config=config, status={"state": "completed", "manifest_sha256": digest})
+
+    agreed = provenance([run("a" * 40, "f" * 64), run("a" * 40, "f" * 64)])
+    assert (agreed["runs"], agreed["commit"], agreed["provenance"]) == (2, "a" * 10, None)
+    assert agreed["manifest_sha256"] == "ucf101.jsonl:" + "f" * 12
+    mixed = provenance([run("a" * 40, "f" * 64), run("b" * 40, "e" * 64)])
+    assert mixed["commit"] == "a" * 10 + "+" + "b" * 10
+    assert mixed["provenance"] == "runs disagree on commit (2 commits); ucf101.jsonl read with 2 different contents"
+    assert provenance([run("a" * 40, "f" * 64), run("a" * 40, "e" * 64, "/data/m/k700.jsonl")])["provenance"] is None

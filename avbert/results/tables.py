@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 from avbert.models.heads import MULTILABEL_TASKS, TASK_FEATURE
@@ -103,9 +104,14 @@ def metric_columns(names: tuple[str, ...]) -> list[Column]:
     return columns
 
 
+OPTIONAL_COST_COLUMNS = ("manifest_sha256", "provenance")  # shown where some row has one
+
+
 def cost_columns(hours_header: str) -> list[Column]:
     return [Column("state", "state"), Column("detail", "detail"), Column("hours", hours_header, "f3"),
-            Column("clips_per_s", "clips/s", "f1"), Column("peak_mem_gb", "peak mem (GiB)", "f2")]
+            Column("clips_per_s", "clips/s", "f1"), Column("peak_mem_gb", "peak mem (GiB)", "f2"),
+            Column("runs", "runs"), Column("commit", "commit"), Column("manifest_sha256", "manifest sha256"),
+            Column("provenance", "provenance")]
 
 
 HEAD = [Column("variant", "variant"), Column("stage", "stage"), Column("protocol", "protocol")]
@@ -163,7 +169,29 @@ def row_cost(runs: list[StageRun]) -> dict:
     speeds = [s for s in (stage_clips_per_s(r) for r in runs) if s is not None]
     peaks = [p for p in (stage_peak_mem_gb(r) for r in runs) if p is not None]
     return {"hours": sum(hours) if hours else None, "clips_per_s": speeds[0] if speeds else None,
-            "peak_mem_gb": max(peaks) if peaks else None, "_runs": runs}
+            "peak_mem_gb": max(peaks) if peaks else None, "_runs": runs, **provenance(runs)}
+
+
+def provenance(runs: list[StageRun]) -> dict:
+    """Where a row's numbers come from: how many runs, their git commits (``config.yaml``)
+    and the SHA-256 of each manifest they read (``status.json``), and a warning when runs
+    that should agree do not: several commits, or one manifest path read with different
+    contents."""
+    present = [run for run in runs if run.exists]
+    commits = sorted({str(c) for c in ((run.config or {}).get("git_commit") for run in present) if c})
+    hashes: dict[str, set] = {}
+    for run in present:
+        path = section(run.config, "data", "manifest") if section(run.config, "data", "source") == "manifest" else None
+        digest = (run.status or {}).get("manifest_sha256")
+        if path and digest:
+            hashes.setdefault(str(path), set()).add(str(digest))
+    notes = []
+    if len(commits) > 1:
+        notes.append(f"runs disagree on commit ({len(commits)} commits)")
+    notes += [f"{Path(path).name} read with {len(d)} different contents" for path, d in hashes.items() if len(d) > 1]
+    return {"runs": len(present) or None, "commit": "+".join(c[:10] for c in commits) or None,
+            "manifest_sha256": "; ".join(f"{Path(p).name}:{','.join(sorted(x)[:1])[:12]}" for p, x in hashes.items())
+            or None, "provenance": "; ".join(notes) or None}
 
 
 def row_task(row: RowRuns) -> Optional[str]:
@@ -486,7 +514,9 @@ def build_table(spec: ExperimentReport, runs: dict[tuple[str, str], StageRun], p
     if spec.seeds and spec.layout != "components":
         rows = with_seed_means(rows, len(spec.seeds))
         layout_columns = seed_columns(layout_columns)
-    columns = shown_columns(layout_columns, rows) + cost_columns(hours_header(list(runs.values())))
+    columns = shown_columns(layout_columns, rows) + [
+        column for column in cost_columns(hours_header(list(runs.values())))
+        if column.key not in OPTIONAL_COST_COLUMNS or any(row.get(column.key) for row in rows)]
     keys = {column.key for column in columns}
     notes = ([PAPER_NOTE] if any(key.startswith("paper_") and key != "paper_params_m" for key in keys) else [])
     notes += [CHANCE_NOTE] if "chance_top1" in keys else []

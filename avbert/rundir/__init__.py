@@ -18,30 +18,12 @@ This package imports nothing else of the suite: training writes these files, the
 launcher, ``tools/status.py`` and ``collect`` read them.
 """
 
-from avbert.rundir.files import (
-                                 CONFIG,
-                                 EVAL,
-                                 INDEX,
-                                 JOURNAL,
-                                 METRICS,
-                                 STATUS,
-                                 read_json,
-                                 read_jsonl,
-                                 read_yaml_mapping,
-                                 replaced_on_success,
-                                 write_json,
-                                 write_text,
-)
-from avbert.rundir.state import (
-                                 FAILED_JOB_STATES,
-                                 LIVE_JOB_STATES,
-                                 PENDING_JOB_STATES,
-                                 PREEMPTED_JOB_STATES,
-                                 RUNNING_JOB_STATES,
-                                 job_state_kind,
-)
+from avbert.rundir.files import (CONFIG, EVAL, INDEX, JOURNAL, METRICS, STATUS, file_sha256, read_json,
+                                 read_jsonl, read_yaml_mapping, replaced_on_success, write_json, write_text)
+from avbert.rundir.state import (FAILED_JOB_STATES, LIVE_JOB_STATES, PENDING_JOB_STATES, PREEMPTED_JOB_STATES,
+                                 RUNNING_JOB_STATES, job_state_kind)
 
-__all__ = ["CONFIG", "EVAL", "INDEX", "JOURNAL", "METRICS", "STATUS", "read_json", "read_jsonl",
+__all__ = ["CONFIG", "EVAL", "INDEX", "JOURNAL", "METRICS", "STATUS", "file_sha256", "read_json", "read_jsonl",
            "read_yaml_mapping", "replaced_on_success", "write_json", "write_text", "FAILED_JOB_STATES",
            "LIVE_JOB_STATES", "PENDING_JOB_STATES", "PREEMPTED_JOB_STATES", "RUNNING_JOB_STATES",
            "job_state_kind"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -84,3 +85,16 @@ def read_jsonl(path: str | Path) -> tuple[list[dict], int]:
         else:
             bad += 1
     return records, bad
+
+
+def file_sha256(path: str | Path) -> Optional[str]:
+    """The SHA-256 of a file's bytes (a manifest's, recorded with the runs that read it), or
+    None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()

@@ -30,10 +30,23 @@ import torch
 from torch import nn
 
 from avbert.config import Config, dump_yaml, to_dict
+from avbert.rundir import file_sha256
 from avbert.train import checkpoint as ckpt
-from avbert.train.distributed import DistEnv, all_reduce_max, barrier, broadcast_from_main
+from avbert.train.distributed import (
+    DistEnv,
+    all_reduce_max,
+    barrier,
+    broadcast_from_main,
+)
 from avbert.train.ds_config import build_ds_config, build_optimizer
-from avbert.train.metrics import IntervalMeans, MetricsFile, combine_counts, gather_counts, peak_memory_mb, write_status
+from avbert.train.metrics import (
+    IntervalMeans,
+    MetricsFile,
+    combine_counts,
+    gather_counts,
+    peak_memory_mb,
+    write_status,
+)
 from avbert.train.progress import ProgressReporter
 from avbert.train.schedule import lr_at, set_lr
 
@@ -123,6 +136,7 @@ class Trainer:
         self.lr = lr_at(self.step, self.total, cfg.optim)
         self.clips = 0
         self.interval_start = self.run_start = time.time()
+        self.manifest_sha256: Optional[str] = None  # of the data manifest this run reads (provenance)
 
     # -- set-up ---------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -241,8 +255,11 @@ class Trainer:
 
     def _status(self, state: str, **extra) -> None:
         if self.env.is_main:
+            if self.manifest_sha256 is None and self.cfg.data.source == "manifest" and self.cfg.data.manifest:
+                self.manifest_sha256 = file_sha256(self.cfg.data.manifest)
             write_status(self.run_dir, state, self.step, self.total, self.last_record.get("loss"),
-                         device=self.env.device.type, world_size=self.env.world_size, **extra)
+                         device=self.env.device.type, world_size=self.env.world_size,
+                         manifest_sha256=self.manifest_sha256, **extra)
 
     def _outcome(self, status: str, export_path: Optional[str] = None) -> TrainOutcome:
         return TrainOutcome(status, self.step, self.total, str(self.run_dir), export_path, dict(self.last_record))
