@@ -106,3 +106,21 @@ def test_a_reference_that_matches_no_row_is_refused(tmp_path):
         path.write_text(text.replace("    k700/ucf101-finetune:", f"    {key}", 1))
         with pytest.raises(ConfigError, match=r"report\.reference\..*matches no row"):
             read_experiment(path)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_each_experiment_dry_runs_before_its_data_exists(path, tmp_path, monkeypatch, capsys):
+    """``--dry-run`` plans a paper experiment where no manifest has been written yet, naming the
+    missing ones (a real launch refuses them)."""
+    from avbert.launch import launcher
+
+    monkeypatch.chdir(tmp_path)
+    exp = read_experiment(path)
+    profile = "local.yaml" if exp.spec.default_scale == "tiny" else "paper-8x8.yaml"
+    argv = [str(path), "--dry-run", "--runs-dir", str(tmp_path / "runs"), "--profile",
+            str(ROOT / "slurm" / "profiles" / profile)]
+    assert launcher.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "plan (dry run)" in out
+    if exp.spec.default_scale == "paper":
+        assert "manifest not found" in out

@@ -112,9 +112,11 @@ def prepare(args: argparse.Namespace) -> Launch:
     scale = args.scale or experiment.spec.default_scale
     cluster, note = choose_cluster(args.cluster)
     commit = idx.git_commit()
-    cells = expand(experiment, scale, profile, args.runs_dir, commit, overrides=tuple(args.overrides))
-    if cluster == "local":
-        check_local(cells, experiment, scale)
+    # A dry run plans without the data: missing manifests are listed, not refused (a launch refuses them).
+    cells = expand(experiment, scale, profile, args.runs_dir, commit, check_files=not args.dry_run,
+                   overrides=tuple(args.overrides))
+    if cluster == "local" and (args.cluster == "local" or not args.dry_run):
+        check_local(cells, experiment, scale)  # a plan may be made on a machine without Slurm
     selected = {cell.name for cell in select(cells, args.only, "command line")}
     exp_dir = idx.experiment_dir(args.runs_dir, experiment.name)
     check_runs_dir(exp_dir, scale)
@@ -138,6 +140,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     changed = changed_cells(launch.cells)
     plan = make_plan(launch.cells, statuses, args.retry_failed, launch.selected, changed, args.rerun_changed)
     _print_header(console, launch)
+    if args.dry_run:
+        for path in missing_manifests(launch.cells):
+            console.print(f"[yellow]manifest not found:[/] {escape(str(path))} (write it with tools/prepare_data.py; "
+                          "a launch refuses until it exists)")
     title = f"{launch.experiment.name} at {launch.scale} scale: plan"
     console.print(plan_table(plan, f"{title} (dry run)" if args.dry_run else title))
     if args.dry_run:
@@ -158,6 +164,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if launch.cluster == "slurm":
         return _launch_slurm(console, errors, launch, plan, statuses, code_dir, record)
     return _launch_local(console, launch, plan, index, code_dir, record)
+
+
+def missing_manifests(cells: list[Cell]) -> list[Path]:
+    """The data manifests the cells read that do not exist (yet)."""
+    paths = {Path(c.config.data.manifest).expanduser().resolve() for c in cells
+             if c.config.data.source == "manifest" and c.config.data.manifest}
+    return sorted(path for path in paths if not path.is_file())
 
 
 def flat_items(data, prefix: str = "") -> dict:
