@@ -1,10 +1,11 @@
 """Every table of the paper is a shipped experiment, and each of its tables shows the paper's
 numbers where the paper reports the cell, and nowhere else.
 
-Each shipped experiment is expanded at the paper scale and its table built from in-memory
-evaluations of every evaluated cell (no files): each ``report.reference`` entry must land in
-at least one row, every row it names must show the paper's number in the paper column, and a
-row no entry names (another protocol, a set or pretraining the paper does not report) shows none.
+Each shipped experiment's cells at the paper scale are written as finished runs (config,
+status, evaluation, by the run directory's writers) and collected: each ``report.reference``
+entry must land in at least one row, every row it names must show the paper's number in the
+paper column, and a row no entry names (another protocol, a set or pretraining the paper
+does not report) shows none.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import pytest
 
 from avbert.config import ConfigError
 from avbert.launch.spec import read_experiment
-from avbert.results.experiments import DOWNSTREAM_KINDS, ExperimentReport, expand_cells
-from avbert.results.runs import StageRun
-from avbert.results.tables import FEATURE_LABELS, METRICS, build_table
+from avbert.results.experiments import DOWNSTREAM_KINDS
+from avbert.results.tables import FEATURE_LABELS, METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -31,16 +31,26 @@ def evaluation(config: dict) -> dict:
             "num_classes": CLASSES[task], "multilabel": task == "charades"}
 
 
-def paper_scale_table(path: Path):
-    """(the experiment, its table at the paper scale with every evaluated cell done)."""
+def paper_scale_table(path: Path, runs_dir: Path):
+    """(the experiment, its table at the paper scale, where it has one): every cell's run written to ``runs_dir``
+    with the run directory's own writers (config, status, evaluation), then ``collect``ed."""
+    from avbert.config import dump_yaml, to_dict
+    from avbert.launch.profile import load_profile
+    from avbert.launch.registry import expand
+    from avbert.results.collect import collect_one
+    from avbert.rundir import write_json
+
     exp = read_experiment(path)
-    scale, cells = expand_cells(exp, "paper", Path("/runs"))
-    reference = {key: dict(vars(value)) for key, value in exp.spec.report.reference.items()}
-    spec = ExperimentReport(exp.name, exp.spec.report.layout, exp.spec.report.title, scale, cells, reference)
-    runs = {(c.variant, c.stage): StageRun(c.stage, Path("/no/such/run"),
-                                           eval=evaluation(c.config) if c.kind in DOWNSTREAM_KINDS else None)
-            for c in cells}
-    return exp, build_table(spec, runs, lambda model: None, lambda weights: weights)
+    scale = "paper" if "paper" in exp.spec.scales else exp.spec.default_scale  # the smoke is tiny only
+    profile = load_profile(ROOT / "slurm" / "profiles" / ("paper-8x8.yaml" if scale == "paper" else "local.yaml"))
+    for cell in expand(exp, scale, profile, runs_dir, check_files=False):
+        cell.run_dir.mkdir(parents=True)
+        dump_yaml(cell.config, cell.run_dir / "config.yaml")
+        write_json(cell.run_dir / "status.json", {"state": "completed", "step": 1, "total_steps": 1})
+        if cell.kind in DOWNSTREAM_KINDS:
+            write_json(cell.run_dir / "eval.json", evaluation(to_dict(cell.config)))
+    table, _, _ = collect_one(str(path), runs_dir, (ROOT / "experiments",))
+    return exp, table
 
 
 def named_rows(layout: str, key: str, rows: list[dict]) -> list[tuple[dict, str]]:
@@ -57,8 +67,8 @@ def named_rows(layout: str, key: str, rows: list[dict]) -> list[tuple[dict, str]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_each_reference_lands_in_its_rows_and_only_there(path):
-    exp, table = paper_scale_table(path)
+def test_each_reference_lands_in_its_rows_and_only_there(path, tmp_path):
+    exp, table = paper_scale_table(path, tmp_path / "runs")
     layout, shown = exp.spec.report.layout, set()
     for key, reference in exp.spec.report.reference.items():
         numbers = {name: value for name, value in vars(reference).items() if name in METRICS and value is not None}
@@ -78,8 +88,8 @@ def test_every_table_of_the_paper_is_an_experiment():
     assert set(layouts) >= {"sharing", "negative_sampling", "fusion", "downstream", "components"}
 
 
-def test_the_downstream_tables_give_the_pretraining_data_axis():
-    exp, table = paper_scale_table(ROOT / "experiments" / "downstream.yaml")
+def test_the_downstream_tables_give_the_pretraining_data_axis(tmp_path):
+    exp, table = paper_scale_table(ROOT / "experiments" / "downstream.yaml", tmp_path / "runs")
     paper = {(row["variant"], row["stage"]): row["paper_top1"] for row in table.rows if row["split"] == "mean"}
     assert paper[("k700", "ucf101-finetune")] == 85.2 and paper[("audioset", "ucf101-finetune")] == 86.1
     assert paper[("audioset", "esc50-linear")] == 81.5
@@ -87,8 +97,8 @@ def test_the_downstream_tables_give_the_pretraining_data_axis():
     assert paper[("k700", "ucf101-linear")] is None  # the paper's UCF101 number is fine-tuned
 
 
-def test_table_c_is_laid_out_like_the_papers():
-    _, table = paper_scale_table(ROOT / "experiments" / "components.yaml")
+def test_table_c_is_laid_out_like_the_papers(tmp_path):
+    _, table = paper_scale_table(ROOT / "experiments" / "components.yaml", tmp_path / "runs")
     assert [row["component"] for row in table.rows] == ["V-CNN", "A-CNN", "M-CNN", "V-BERT", "A-BERT", "M-BERT"]
     headers = [column.header for column in table.columns]
     assert headers.index("Charades mAP") < headers.index("Kinetics-Sounds top-1") < headers.index(
