@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_data_media import write_media
 
+from avbert.data.build import choose_loader
 from avbert.data.clips import ClipSpec
-from avbert.data.dali_loader import DaliLoader, choose_loader
+from avbert.data.dali_loader import DaliLoader
 from avbert.data.datasets import layout
 from avbert.data.manifest import load_manifest
 from avbert.data.prepare import PrepareOptions, prepare_dataset
 from avbert.data.pyav_loader import ManifestDataset, PyAVLoader
-from test_data_media import write_media
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 SPEC = ClipSpec(clips=2, clip_seconds=0.5, frames_per_clip=2, frame_stride=2, crop_size=24, short_side=(28, 32),

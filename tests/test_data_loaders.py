@@ -14,15 +14,21 @@ import pytest
 import torch
 from av.video.reformatter import Interpolation, VideoReformatter
 from nvidia.dali import fn, pipeline_def
+from test_data_media import prepared_manifest
 
+from avbert.data.build import choose_loader, gpu_count
 from avbert.data.clips import ClipSpec, CropPlan
-from avbert.data.dali_loader import DaliLoader, choose_loader, gpu_count
+from avbert.data.dali_loader import DaliLoader
 from avbert.data.manifest import Manifest, MediaRecord, load_manifest, write_manifest
 from avbert.data.pixels import crop_clips
 from avbert.data.probe import rgb
-from avbert.data.pyav_loader import ManifestDataset, PyAVEvalLoader, PyAVLoader, decode_frames
+from avbert.data.pyav_loader import (
+    ManifestDataset,
+    PyAVEvalLoader,
+    PyAVLoader,
+    decode_frames,
+)
 from avbert.data.synthetic import SyntheticSpec, alignment_probe, write_raw
-from test_data_media import prepared_manifest
 
 SPEC = ClipSpec(clips=3, clip_seconds=1.0, frames_per_clip=4, frame_stride=2, crop_size=32,
                 short_side=(36, 44), n_mels=40, mel_frames=32, hop_length=256, n_fft=512,
@@ -274,9 +280,10 @@ def test_a_run_picks_its_loader_and_says_which(manifest, caplog):
 
 @pytest.mark.skipif(gpu_count() == 0 or not torch.cuda.is_available(), reason="NVDEC needs a GPU")
 def test_nvdec_reads_h264_as_pyav_does(tmp_path):
+    from test_data_media import write_media
+
     from avbert.data.datasets import Generic
     from avbert.data.prepare import PrepareOptions, prepare_dataset
-    from test_data_media import write_media
 
     for index in range(4):
         write_media(tmp_path / "root" / "train" / "a" / f"v{index}.mp4", frames=40, fps=8.0, size=(48, 64))
@@ -293,7 +300,7 @@ def test_test_views_are_cropped_to_the_test_crop_size(tmp_path):
     """The released configs train on 112 crops and test on 128 (TEST_CROP_SIZE): the test
     loader scales and crops to ``data.test_crop_size``, the training loader to ``crop_size``."""
     from avbert.config import DataConfig
-    from avbert.data.dali_loader import build_manifest_loader
+    from avbert.data.build import build_manifest_loader
     from avbert.data.manifest import write_manifest
     from avbert.data.synthetic import SyntheticSpec, write_media
 

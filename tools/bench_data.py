@@ -260,7 +260,7 @@ def machine() -> dict:
     import nvidia.dali
     import torchaudio
 
-    from avbert.data.dali_loader import gpu_count
+    from avbert.data.build import gpu_count
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -285,7 +285,13 @@ loader cannot skip); ``loader``: the whole training batch."""
 
 def measure(manifest, args, size: int) -> dict[str, list[tuple[float, float]]]:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     clips = args.batch_size * SPEC.clips
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in RUNS}

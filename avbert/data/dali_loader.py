@@ -1,4 +1,6 @@
 """The production manifest loader: NVIDIA DALI decodes video and computes log-mels.
+``avbert.data.build`` chooses it (``choose_loader``) where DALI is installed and its
+decoder reads every codec of the manifest; only then is this module imported.
 
 Python plans each batch (which records, which frames, which crop, from
 ``avbert.data.clips``) and hands DALI the encoded bytes through an external source; the
@@ -32,7 +34,6 @@ kept and padded (``padded``, ``padded_clips``), as the PyAV loader counts them.
 from __future__ import annotations
 
 import logging
-import os
 import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,29 +45,29 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dali_math
 
-from avbert.data.audio import LN_OFFSET, LOGMEL_MEAN, LOGMEL_STD, SILENCE_DB, SILENCE_LN, spec_augment
+from avbert.data.audio import (
+    LN_OFFSET,
+    LOGMEL_MEAN,
+    LOGMEL_STD,
+    SILENCE_DB,
+    SILENCE_LN,
+    spec_augment,
+)
 from avbert.data.clips import ClipSpec, SamplePlan
 from avbert.data.manifest import Manifest, MediaRecord
 from avbert.data.pixels import batch_squares, clip_layout, crop_box, crop_clips
 from avbert.data.probe import ProbeError, Reason, check_record, read_bytes, silent_flac
-from avbert.data.pyav_loader import first_usable, label_of, pad_counts, plan_record, skip_counts, torch_threads
+from avbert.data.pyav_loader import (
+    first_usable,
+    label_of,
+    pad_counts,
+    plan_record,
+    skip_counts,
+    torch_threads,
+)
 from avbert.data.sampler import epoch_order, rank_shard
 
 logger = logging.getLogger("avbert.data")
-
-CPU_CODECS = frozenset({"vp9", "vp8", "mjpeg"})
-GPU_CODECS = CPU_CODECS | {"h264", "hevc", "av1", "mpeg4"}
-
-
-def gpu_count() -> int:
-    """CUDA devices DALI can use (0 on machines without a GPU or driver)."""
-    try:
-        from nvidia.dali.backend import GetCUDADeviceCount
-
-        return int(GetCUDADeviceCount())
-    except Exception:  # no driver: DALI raises rather than answering 0
-        return 0
-
 
 @dataclass
 class Planned:
@@ -451,44 +452,3 @@ class DaliLoader:
         self.skipped = {key: int(value) for key, value in state.get("skipped", {}).items()}
         self._drop_pending()
         self._pipe = None
-
-
-def choose_loader(requested: str, manifest: Manifest, gpus: int) -> tuple[str, str]:
-    """``(loader, why)``: DALI when its decoder on this machine reads every video codec
-    of the manifest, else PyAV; ``requested`` (``data.loader``) can force either."""
-    codecs = sorted(manifest.codecs)
-    where = f"{gpus} GPU(s), NVDEC" if gpus else "no GPU, CPU decoder"
-    unreadable = sorted(set(codecs) - (GPU_CODECS if gpus else CPU_CODECS))
-    if requested == "pyav":
-        return "pyav", "data.loader is 'pyav'"
-    if requested == "dali":
-        if unreadable:
-            raise ValueError(f"data.loader is 'dali' but DALI ({where}) cannot decode {unreadable} in "
-                             f"{manifest.path}; use loader 'pyav' or 'auto'")
-        return "dali", "data.loader is 'dali'"
-    if unreadable:
-        return "pyav", f"DALI ({where}) cannot decode {unreadable}"
-    return "dali", f"DALI ({where}) decodes {codecs or ['audio only']}"
-
-
-def build_manifest_loader(data, rank: int = 0, world_size: int = 1, seed: int = 0, train: bool = True,
-                          split: Optional[str] = None, require_audio: bool = True):
-    """The loader of ``data.manifest`` (split ``split`` or ``data.split``) chosen by
-    ``choose_loader``; says which in the log. ``require_audio=False`` gives silent
-    audio to records without sound instead of skipping them (visual-only tasks)."""
-    from avbert.data.manifest import load_manifest
-    from avbert.data.pyav_loader import ManifestDataset, PyAVEvalLoader, PyAVLoader
-
-    manifest = load_manifest(data.manifest, split or data.split)
-    spec = ClipSpec.from_config(data, train=train)
-    gpus = gpu_count() if torch.cuda.is_available() else 0
-    name, why = choose_loader(data.loader, manifest, gpus)
-    logger.info("data: %s loader for %s (%d records): %s", name, data.manifest, len(manifest.records), why)
-    if name == "dali":
-        device = int(os.environ.get("LOCAL_RANK", 0)) % gpus if gpus else None
-        return DaliLoader(manifest, spec, data.batch_size, rank, world_size, seed, train, require_audio,
-                          device_id=device, num_threads=max(2, data.num_workers))
-    dataset = ManifestDataset(manifest, spec, train=train, seed=seed, require_audio=require_audio)
-    if train:
-        return PyAVLoader(dataset, data.batch_size, rank, world_size, seed, data.num_workers)
-    return PyAVEvalLoader(dataset, data.batch_size, rank, world_size, data.num_workers)

@@ -37,7 +37,14 @@ import av
 from avbert.data.clips import ClipSpec, fitting_clips
 from avbert.data.datasets import DatasetLayout, Entry
 from avbert.data.manifest import MediaRecord, report_path, write_manifest
-from avbert.data.probe import MediaInfo, ProbeError, Reason, extract_audio, probe_media, transcode_cfr
+from avbert.data.probe import (
+    MediaInfo,
+    ProbeError,
+    Reason,
+    extract_audio,
+    probe_media,
+    transcode_cfr,
+)
 
 STARTUP_SECONDS = 120.0
 

@@ -29,7 +29,13 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    Sampler,
+    default_collate,
+    get_worker_info,
+)
 
 from avbert.data import handover
 

@@ -131,7 +131,7 @@ def needs_audio(cfg: Config) -> bool:
 def train_loader(cfg: Config, env: DistEnv):
     """The rank's resumable training batches, on the downstream training split."""
     if cfg.data.source == "manifest":
-        from avbert.data.dali_loader import build_manifest_loader
+        from avbert.data.build import build_manifest_loader
 
         return build_manifest_loader(cfg.data, env.rank, env.world_size, cfg.train.seed, train=True,
                                      split=manifest_splits(cfg)[0], require_audio=needs_audio(cfg))
@@ -197,7 +197,7 @@ def synthetic_eval_loader(data, rank: int, world_size: int):
 def eval_loader(cfg: Config, env: DistEnv):
     """This rank's share of the test split, every sample with its views stacked first."""
     if cfg.data.source == "manifest":
-        from avbert.data.dali_loader import build_manifest_loader
+        from avbert.data.build import build_manifest_loader
 
         return build_manifest_loader(cfg.data, env.rank, env.world_size, cfg.train.seed, train=False,
                                      split=manifest_splits(cfg)[1], require_audio=needs_audio(cfg))
