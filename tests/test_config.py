@@ -140,3 +140,9 @@ def test_downstream_feature_is_checked_against_the_model():
         load_config(None, ["downstream.feature=multimodal"])
     with pytest.raises(ConfigError, match="single-label"):
         load_config(None, ["downstream.task=charades", "downstream.loss=multi_margin"])
+
+
+def test_an_override_whose_value_is_not_yaml_names_the_command_line():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.steps=,"])
+    assert err.value.source == "command line" and err.value.key == "train.steps" and "not valid YAML" in str(err.value)

@@ -171,7 +171,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key.strip():
         raise ConfigError(f"override {text!r} has an empty key", "command line")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        problem = str(getattr(err, "problem", None) or err).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem})", "command line",
+                          key.strip()) from None
+    return key.strip().split("."), value
 
 
 def overrides_to_dict(overrides: list[str]) -> dict:
