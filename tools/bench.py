@@ -2,7 +2,7 @@
 
     python tools/bench.py                          # every section (about 3-6 min on 2 CPU cores)
     python tools/bench.py --only layer attention   # some sections
-    python tools/bench.py --quick --out-json /tmp/r.json --out-md /tmp/B.md   # small sizes, a smoke run
+    python tools/bench.py --quick --out-json r.json --out-md B.md   # small sizes, a smoke run
     python tools/bench.py --only planner gpu --merge   # rerun sections, keep the others' figures
 
 Sections: ``layer`` (lowrank against dense shared Transformer layer, paper

@@ -33,6 +33,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections import deque
 from functools import partial
@@ -66,7 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="interleaved rounds of every run")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="DALI threads and PyAV worker processes")
-    parser.add_argument("--media-dir", default="/tmp/avbert-bench-media")
+    parser.add_argument("--media-dir", default=str(Path(tempfile.gettempdir()) / "avbert-bench-media"),
+                        help="where the generated media and their manifests go (default: the system's temporary "
+                             "folder)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "data.json"))
     parser.add_argument("--size", type=int, nargs="+", default=[240, 360],
                         help="frame heights (width is 4/3), each measured in turn: 240p, a copy pre-resized "
