@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from avbert.results.summaries import mean_over_splits
 from avbert.train.classification import (
     aggregate_views,
     average_precision,
@@ -15,7 +16,6 @@ from avbert.train.classification import (
     mean_average_precision,
     topk_accuracy,
 )
-from avbert.results.tables import mean_over_splits
 
 
 def reference_ap(scores: list[float], positives: list[bool]) -> float:

@@ -16,8 +16,8 @@ import pytest
 
 from avbert.config import ConfigError
 from avbert.launch.spec import read_experiment
+from avbert.results.columns import FEATURE_LABELS, METRICS
 from avbert.results.experiments import DOWNSTREAM_KINDS
-from avbert.results.tables import FEATURE_LABELS, METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "experiments").glob("*.yaml"))

@@ -137,7 +137,7 @@ def test_the_scratch_row_has_no_pretraining_in_its_chain(tables):
 
 # -- provenance -----------------------------------------------------------------------------------------------------
 def test_each_row_says_its_runs_commits_and_manifests_and_flags_disagreement(tmp_path):
-    from avbert.results.tables import provenance
+    from avbert.results.runs import provenance
 
     def run(commit, digest, manifest="/data/m/ucf101.jsonl"):
         config = {"git_commit": commit, "data": {"source": "manifest", "manifest": manifest}}

@@ -17,11 +17,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from avbert.results.columns import Table
 from avbert.results.experiments import ExperimentReport, load_report
 from avbert.results.plots import draw_plots
 from avbert.results.render import print_table, write_table
 from avbert.results.runs import StageRun, read_stage
-from avbert.results.tables import Table, build_table
+from avbert.results.tables import build_table
 
 FORMATS = ("markdown", "csv", "json", "png")
 REPO_EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"

@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from avbert.results.columns import Table
 from avbert.results.runs import StageRun
-from avbert.results.tables import Table
 
 DPI = 100
 

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from avbert.results.tables import Column, Table
+from avbert.results.columns import Column, Table
 
 MISSING = "–"
 

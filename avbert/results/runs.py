@@ -16,6 +16,9 @@ Cost of a stage:
   robust to the slow first interval.
 * ``peak_mem_gb``: largest logged ``perf/peak_mem_mb`` (GPU allocated memory,
   or the peak resident set on CPU), in GiB.
+
+``row_cost`` sums these over the runs of a table row; ``provenance`` says how many runs
+the row has, their commits and the manifests they read.
 """
 
 from __future__ import annotations
@@ -160,3 +163,34 @@ def stage_detail(run: StageRun, state: str) -> str:
     if state in ("pending", "missing"):
         return run.stage
     return ""
+
+
+def row_cost(runs: list[StageRun]) -> dict:
+    hours = [h for h in (stage_hours(r) for r in runs) if h is not None]
+    speeds = [s for s in (stage_clips_per_s(r) for r in runs) if s is not None]
+    peaks = [p for p in (stage_peak_mem_gb(r) for r in runs) if p is not None]
+    return {"hours": sum(hours) if hours else None, "clips_per_s": speeds[0] if speeds else None,
+            "peak_mem_gb": max(peaks) if peaks else None, "_runs": runs, **provenance(runs)}
+
+
+def provenance(runs: list[StageRun]) -> dict:
+    """Where a row's numbers come from: how many runs, their git commits (``config.yaml``)
+    and the SHA-256 of each manifest they read (``status.json``), and a warning when runs
+    that should agree do not: several commits, or one manifest path read with different
+    contents."""
+    present = [run for run in runs if run.exists]
+    commits = sorted({str(c) for c in ((run.config or {}).get("git_commit") for run in present) if c})
+    hashes: dict[str, set] = {}
+    for run in present:
+        data = (run.config or {}).get("data") or {}
+        path = data.get("manifest") if data.get("source") == "manifest" else None
+        digest = (run.status or {}).get("manifest_sha256")
+        if path and digest:
+            hashes.setdefault(str(path), set()).add(str(digest))
+    notes = []
+    if len(commits) > 1:
+        notes.append(f"runs disagree on commit ({len(commits)} commits)")
+    notes += [f"{Path(path).name} read with {len(d)} different contents" for path, d in hashes.items() if len(d) > 1]
+    return {"runs": len(present) or None, "commit": "+".join(c[:10] for c in commits) or None,
+            "manifest_sha256": "; ".join(f"{Path(p).name}:{','.join(sorted(x)[:1])[:12]}" for p, x in hashes.items())
+            or None, "provenance": "; ".join(notes) or None}

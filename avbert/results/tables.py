@@ -1,4 +1,6 @@
-"""The paper's tables built from an experiment's rows.
+"""The paper's tables built from an experiment's rows (their columns are in
+``avbert.results.columns``, the split, seed and table-(c) summary rows in
+``avbert.results.summaries``, a row's cost and provenance in ``avbert.results.runs``).
 
 A row is an evaluated cell with the stages it starts from (see
 ``avbert.results.experiments``). Every row of the experiment is in the table
@@ -38,93 +40,34 @@ alone: no pretraining in its chain, its weights ``scratch``.
 
 from __future__ import annotations
 
-import math
-import statistics
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Optional
 
-from avbert.models.heads import MULTILABEL_TASKS, TASK_FEATURE
-from avbert.results.experiments import DOWNSTREAM_KINDS, ExperimentReport, RowSpec
-from avbert.results.runs import (
-    StageRun,
-    stage_clips_per_s,
-    stage_detail,
-    stage_hours,
-    stage_peak_mem_gb,
-    stage_state,
+from avbert.models.heads import TASK_FEATURE
+from avbert.results.columns import (
+    DATASET_LABELS,
+    FEATURE_LABELS,
+    LAYOUT_COLUMNS,
+    METHOD_LABELS,
+    METRICS,
+    OPTIONAL_COST_COLUMNS,
+    PAPER_PROTOCOL,
+    PAPER_TASKS,
+    TOP5_MAX_TRIVIAL,
+    XL_LABELS,
+    XT_LABELS,
+    Column,
+    Table,
+    cost_columns,
 )
-
-XT_LABELS = {"none": "no", "all": "All", "lowrank": "Part"}
-XL_LABELS = {"none": "no", "cross_layer": "yes"}
-METHOD_LABELS = {"current_sequence": "Current-Sequence", "current_minibatch": "Current-MiniBatch",
-                 "cans_similar": "CANS-Similar", "cans_dissimilar": "CANS-Dissimilar"}
-DATASET_LABELS = {"ucf101": "UCF101", "esc50": "ESC-50", "kinetics_sounds": "Kinetics-Sounds",
-                  "charades": "Charades", "synthetic": "synthetic"}
-METRICS = {"top1": "top-1", "top5": "top-5", "map": "mAP"}
-# The paper's names of the parts of the model a downstream row evaluates (its table (c)).
-FEATURE_LABELS = {"v_cnn": "V-CNN", "a_cnn": "A-CNN", "m_cnn": "M-CNN", "v_bert": "V-BERT", "a_bert": "A-BERT",
-                  "m_bert": "M-BERT", "m_context": "M-context"}
-PAPER_TASKS = ("ucf101", "esc50", "kinetics_sounds", "charades")  # the downstream sets the paper reports
-# The protocol of the paper's number on each set (the released configs: UCF101, Kinetics-Sounds
-# fine-tuned; ESC-50 linear evaluation, SOLVER.PROTOCOL linear_eval).
-PAPER_PROTOCOL = {"ucf101": "finetune", "esc50": "linear", "kinetics_sounds": "finetune", "charades": "finetune"}
-TOP5_MAX_TRIVIAL = 5  # with this many classes or fewer, every prediction's top 5 holds the label
-
-
-@dataclass(frozen=True)
-class Column:
-    """``key`` in CSV/JSON, ``header`` in Markdown and on the terminal, ``fmt``
-    how a value is written: text, f1/f2/f3 (decimals), delta (signed f1)."""
-
-    key: str
-    header: str
-    fmt: str = "text"
-
-
-@dataclass
-class Table:
-    experiment: str
-    title: str
-    layout: str
-    columns: list[Column]
-    rows: list[dict]
-    notes: list[str] = field(default_factory=list)
-
-
-def metric_columns(names: tuple[str, ...]) -> list[Column]:
-    """Each metric, the paper's and the difference; top-1 then chance."""
-    columns = []
-    for name in names:
-        label = METRICS[name]
-        columns += [Column(name, label, "f1"), Column(f"paper_{name}", f"paper {label}", "f1"),
-                    Column(f"delta_{name}", f"Δ {label}", "delta")]
-        if name == "top1":
-            columns.append(Column("chance_top1", "chance top-1", "f1"))
-    return columns
-
-
-OPTIONAL_COST_COLUMNS = ("manifest_sha256", "provenance")  # shown where some row has one
-
-
-def cost_columns(hours_header: str) -> list[Column]:
-    return [Column("state", "state"), Column("detail", "detail"), Column("hours", hours_header, "f3"),
-            Column("clips_per_s", "clips/s", "f1"), Column("peak_mem_gb", "peak mem (GiB)", "f2"),
-            Column("runs", "runs"), Column("commit", "commit"), Column("manifest_sha256", "manifest sha256"),
-            Column("provenance", "provenance")]
-
-
-HEAD = [Column("variant", "variant"), Column("stage", "stage"), Column("protocol", "protocol")]
-LAYOUT_COLUMNS = {
-    "sharing": [*HEAD, Column("xl", "XL"), Column("xt", "XT"), Column("params_m", "params (M)", "f2"),
-                Column("paper_params_m", "paper params (M)", "f1"), *metric_columns(("top1", "top5"))],
-    "negative_sampling": [*HEAD, Column("method", "method"), *metric_columns(("top1", "top5"))],
-    "fusion": [*HEAD, Column("fusion", "fusion"), Column("params_m", "params (M)", "f2"),
-               *metric_columns(("top1", "top5"))],
-    "downstream": [*HEAD, Column("dataset", "dataset"), Column("feature", "feature"), Column("split", "split"),
-                   Column("pretrained", "pretrained"), *metric_columns(("top1", "top5", "map")),
-                   Column("views", "views")],
-}
+from avbert.results.experiments import DOWNSTREAM_KINDS, ExperimentReport, RowSpec
+from avbert.results.runs import StageRun, row_cost, stage_detail, stage_state
+from avbert.results.summaries import (
+    component_rows,
+    seed_columns,
+    with_seed_means,
+    with_split_means,
+)
 
 
 def section(config: Optional[dict], *keys: str):
@@ -162,36 +105,6 @@ def row_state(spec: ExperimentReport, row: RowRuns) -> tuple[str, str]:
         if state != "done":
             return state, stage_detail(run, state)
     return "done", ""
-
-
-def row_cost(runs: list[StageRun]) -> dict:
-    hours = [h for h in (stage_hours(r) for r in runs) if h is not None]
-    speeds = [s for s in (stage_clips_per_s(r) for r in runs) if s is not None]
-    peaks = [p for p in (stage_peak_mem_gb(r) for r in runs) if p is not None]
-    return {"hours": sum(hours) if hours else None, "clips_per_s": speeds[0] if speeds else None,
-            "peak_mem_gb": max(peaks) if peaks else None, "_runs": runs, **provenance(runs)}
-
-
-def provenance(runs: list[StageRun]) -> dict:
-    """Where a row's numbers come from: how many runs, their git commits (``config.yaml``)
-    and the SHA-256 of each manifest they read (``status.json``), and a warning when runs
-    that should agree do not: several commits, or one manifest path read with different
-    contents."""
-    present = [run for run in runs if run.exists]
-    commits = sorted({str(c) for c in ((run.config or {}).get("git_commit") for run in present) if c})
-    hashes: dict[str, set] = {}
-    for run in present:
-        path = section(run.config, "data", "manifest") if section(run.config, "data", "source") == "manifest" else None
-        digest = (run.status or {}).get("manifest_sha256")
-        if path and digest:
-            hashes.setdefault(str(path), set()).add(str(digest))
-    notes = []
-    if len(commits) > 1:
-        notes.append(f"runs disagree on commit ({len(commits)} commits)")
-    notes += [f"{Path(path).name} read with {len(d)} different contents" for path, d in hashes.items() if len(d) > 1]
-    return {"runs": len(present) or None, "commit": "+".join(c[:10] for c in commits) or None,
-            "manifest_sha256": "; ".join(f"{Path(p).name}:{','.join(sorted(x)[:1])[:12]}" for p, x in hashes.items())
-            or None, "provenance": "; ".join(notes) or None}
 
 
 def row_task(row: RowRuns) -> Optional[str]:
@@ -311,160 +224,6 @@ def downstream_fields(row: RowRuns, pretrained_label: Callable) -> dict:
             "split": str(split) if split is not None else None,
             "pretrained": weights_label(row, pretrained_label),
             "views": f"{views}x{crops}" if views is not None and crops is not None else None}
-
-
-def mean_over_splits(per_split: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Metric-wise mean over splits (UCF101 splits, ESC-50 folds); a metric
-    missing from some split is averaged over the splits that have it."""
-    keys = sorted({key for metrics in per_split.values() for key in metrics})
-    out = {}
-    for key in keys:
-        values = [m[key] for m in per_split.values() if key in m and not math.isnan(float(m[key]))]
-        out[key] = sum(values) / len(values) if values else math.nan
-    return out
-
-
-def mean_row(group: list[dict]) -> dict:
-    """The mean over the splits/folds of one variant and downstream stage.
-
-    Metrics are averaged over the done rows; the state is ``done`` when all
-    are, else ``partial`` with how many are in. The paper's number is the
-    group's (the paper reports split means), the cost that of all the group's
-    stages, a shared pretraining counted once.
-    """
-    done = [row for row in group if row["state"] == "done"]
-    row = {key: group[0].get(key) for key in ("variant", "protocol", "dataset", "feature", "pretrained", "views",
-                                              "xl", "xt", "fusion", "method", "params_m", "paper_params_m",
-                                              "_evaluated")}
-    for key in ("chance_top1", "_classes"):  # the splits' where they agree (a split not yet run has none)
-        values = {r[key] for r in group if r[key] is not None}
-        row[key] = values.pop() if len(values) == 1 else None
-    row.update(stage=group[0]["_group"], split="mean", detail=f"{len(done)}/{len(group)} splits",
-               state="done" if len(done) == len(group) else "partial")
-    means = mean_over_splits({r["stage"]: {n: r[n] for n in METRICS if r[n] is not None} for r in done})
-    for name in METRICS:
-        row[name] = means.get(name)
-        papers = {r[f"paper_{name}"] for r in group}
-        row[f"paper_{name}"] = papers.pop() if len(papers) == 1 else None
-        paper = row[f"paper_{name}"]
-        row[f"delta_{name}"] = row[name] - paper if row[name] is not None and paper is not None else None
-    runs = list({id(run): run for r in group for run in r["_runs"]}.values())  # the pretraining once
-    row.update(row_cost(runs), clips_per_s=None)
-    return row
-
-
-def with_split_means(rows: list[dict]) -> list[dict]:
-    """Rows, each group of one variant's stage expanded over splits followed by its mean row."""
-    groups: dict = {}
-    for row in rows:
-        if row.get("_group"):
-            groups.setdefault((row["variant"], row["_group"]), []).append(row)
-    out = []
-    for row in rows:
-        out.append(row)
-        group = groups.get((row["variant"], row.get("_group")))
-        if group and len(group) > 1 and row is group[-1]:
-            out.append(mean_row(group))
-    return out
-
-
-def task_metrics(task: str) -> tuple[str, ...]:
-    """What the paper reports on a set: mAP on multi-label sets, top-1 and top-5 else."""
-    return ("map",) if task in MULTILABEL_TASKS else ("top1", "top5")
-
-
-def component_rows(rows: list[dict]) -> tuple[list[dict], list[Column]]:
-    """The paper's table (c): a row per (variant, feature), a column group per downstream set.
-
-    Each evaluated row (one set, one feature) gives its set's metrics, with the paper's and
-    the difference, to the row of its feature; that row's state is ``done`` when all its sets
-    are, else that of its first set that is not; its cost is that of all its stages, a shared
-    pretraining counted once. Top-5 of a set of 5 classes or fewer is left out.
-    """
-    merged: dict[tuple, dict] = {}
-    tasks: list[str] = []
-    for row in rows:
-        if not row.get("_evaluated") or row.get("_task") is None:
-            continue
-        task = row["_task"]
-        tasks += [task] if task not in tasks else []
-        out = merged.setdefault((row["variant"], row["_feature"]), {
-            "variant": row["variant"], "component": row["feature"], "pretrained": row.get("pretrained"),
-            "params_m": row.get("params_m"), "_evaluated": True, "_classes": None, "_parts": []})
-        out["_parts"].append(row)
-        for name in task_metrics(task):
-            for prefix in ("", "paper_", "delta_"):
-                out[f"{prefix}{task}_{name}"] = row.get(f"{prefix}{name}")
-        out[f"{task}_classes"] = row.get("_classes")
-    table = []
-    for out in merged.values():
-        parts = out.pop("_parts")
-        pending = [part for part in parts if part["state"] != "done"]
-        out["state"], out["detail"] = (pending[0]["state"], pending[0]["detail"]) if pending else ("done", "")
-        runs = list({id(run): run for part in parts for run in part["_runs"]}.values())
-        out.update(row_cost(runs))
-        table.append(out)
-    columns = [*HEAD[:1], Column("component", "component"), Column("pretrained", "pretrained")]
-    for task in tasks:
-        label = DATASET_LABELS.get(task, task)
-        classes = {out.get(f"{task}_classes") for out in table} - {None}
-        for name in task_metrics(task):
-            if name == "top5" and classes and max(classes) <= TOP5_MAX_TRIVIAL:
-                continue  # 100 whatever the model
-            key = f"{task}_{name}"
-            columns += [Column(key, f"{label} {METRICS[name]}", "f1"),
-                        Column(f"paper_{key}", f"paper {label} {METRICS[name]}", "f1"),
-                        Column(f"delta_{key}", f"Δ {label} {METRICS[name]}", "delta")]
-    return table, columns
-
-
-def seed_columns(columns: list[Column]) -> list[Column]:
-    """The layout's columns with the seed after the variant and each metric's standard
-    deviation over seeds after the metric."""
-    out = []
-    for column in columns:
-        out.append(column)
-        if column.key == "variant":
-            out += [Column("seed", "seed"), Column("seeds", "seeds done")]
-        if column.key in METRICS:
-            out.append(Column(f"{column.key}_std", f"± {METRICS[column.key]}", "f1"))
-    return out
-
-
-def with_seed_means(rows: list[dict], asked: int) -> list[dict]:
-    """Rows, each group of one variant's stage run over the experiment's seeds followed by its
-    ``mean`` row: the metrics' mean and sample standard deviation over the seeds that are
-    done, ``seeds done`` (n of those asked), ``done`` when all are in, else ``partial``. Split
-    rows are left as they are; a stage over splits is summarised by its split means."""
-    groups: dict = {}
-    for row in rows:
-        if row.get("seed") is not None and row.get("_group") is None:
-            groups.setdefault((row["_base_variant"], row["stage"]), []).append(row)
-    out = []
-    for row in rows:
-        out.append(row)
-        group = groups.get((row.get("_base_variant"), row["stage"])) if row.get("_group") is None else None
-        if group and row is group[-1]:
-            out.append(seed_mean_row(group, asked))
-    return out
-
-
-def seed_mean_row(group: list[dict], asked: int) -> dict:
-    done = [row for row in group if row["state"] == "done"]
-    first = group[0]
-    row = {key: value for key, value in first.items() if not key.startswith(("top1", "top5", "map", "delta_"))}
-    row.update(variant=first["_base_variant"], seed="mean", seeds=f"{len(done)}/{asked}",
-               state="done" if len(done) == asked else "partial",
-               detail="" if len(done) == asked else f"{len(done)} of {asked} seeds done", _group=None)
-    for name in METRICS:
-        values = [r[name] for r in done if r.get(name) is not None]
-        row[name] = statistics.fmean(values) if values else None
-        row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else None
-        paper = row.get(f"paper_{name}")
-        row[f"delta_{name}"] = row[name] - paper if row[name] is not None and paper is not None else None
-    runs = list({id(run): run for r in group for run in r["_runs"]}.values())
-    row.update(row_cost(runs), clips_per_s=None)
-    return row
 
 
 def hours_header(runs: list[StageRun]) -> str:
