@@ -28,7 +28,6 @@ from avbert.results.render import print_table
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs"
 RUNS = FIXTURES / "runs"
-EXPERIMENTS = FIXTURES / "experiments"
 EXPECTED = FIXTURES / "expected"
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("table.md", "table.csv", "table.json")
@@ -37,7 +36,7 @@ FILES = ("table.md", "table.csv", "table.json")
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
-    tables = collect(["fx_sharing", "fx_downstream"], RUNS, out, search=[EXPERIMENTS])
+    tables = collect(["fx_sharing", "fx_downstream"], RUNS, out)
     return tables, out
 
 
@@ -108,7 +107,7 @@ def test_hours_column_names_the_device(collected):
 
 def test_collecting_twice_gives_identical_files(collected, tmp_path):
     _, first = collected
-    collect(["fx_sharing", "fx_downstream"], RUNS, tmp_path, search=[EXPERIMENTS])
+    collect(["fx_sharing", "fx_downstream"], RUNS, tmp_path)
     for experiment in ("fx_sharing", "fx_downstream"):
         names = sorted(p.name for p in (first / experiment).iterdir())
         assert names == sorted(p.name for p in (tmp_path / experiment).iterdir())
@@ -144,7 +143,18 @@ def test_terminal_table_shows_ours_beside_the_paper(collected):
     assert "80.0 / 85.2 (-5.2)" in text and "preempted: pretrain 60/100" in text
 
 
-def test_an_experiment_that_never_ran_lists_every_cell_as_missing(tmp_path):
+def test_an_experiment_launched_but_not_started_lists_every_cell_as_missing(tmp_path):
+    from avbert.launch.index import describe_cells
+    from avbert.launch.profile import load_profile
+    from avbert.launch.registry import expand
+    from avbert.launch.spec import read_experiment
+    from avbert.rundir.index import write_index
+
+    exp = read_experiment(ROOT / "experiments" / "smoke.yaml")
+    index = {"cells": {}, "launches": []}  # what the launcher records before its jobs start
+    describe_cells(index, exp, expand(exp, "tiny", load_profile(ROOT / "slurm/profiles/local.yaml"), tmp_path / "runs"),
+                   "tiny")
+    write_index(tmp_path / "runs" / "smoke", index)
     tables = collect([str(ROOT / "experiments" / "smoke.yaml")], tmp_path / "runs", None)
     rows = tables["smoke"].rows
     assert [(r["variant"], r["stage"], r["state"], r["detail"]) for r in rows] == [
@@ -159,7 +169,7 @@ def test_an_experiment_that_never_ran_lists_every_cell_as_missing(tmp_path):
 def test_command_line_writes_the_formats_asked(tmp_path, capsys):
     tool = runpy.run_path(str(ROOT / "tools" / "collect.py"), run_name="collect_test")
     code = tool["main"](["fx_downstream", "--runs-dir", str(RUNS), "--out", str(tmp_path),
-                         "--experiments-dir", str(EXPERIMENTS), "--format", "csv"])
+                         "--format", "csv"])
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "fx_downstream").iterdir()) == ["table.csv"]
     assert "Fixture: downstream tasks" in capsys.readouterr().out
@@ -168,17 +178,17 @@ def test_command_line_writes_the_formats_asked(tmp_path, capsys):
 def test_command_line_refuses_an_unknown_experiment(tmp_path, capsys):
     tool = runpy.run_path(str(ROOT / "tools" / "collect.py"), run_name="collect_test")
     assert tool["main"](["no_such_experiment", "--runs-dir", str(tmp_path), "--out", str(tmp_path)]) == 1
-    assert "no experiment file" in capsys.readouterr().err
+    assert "no experiment index" in capsys.readouterr().err
 
 
 def test_a_run_copied_elsewhere_collects_the_same(collected, tmp_path):
     """Run directories hold no absolute paths the tables depend on."""
     _, out = collected
     shutil.copytree(RUNS, tmp_path / "moved")
-    collect(["fx_sharing"], tmp_path / "moved", tmp_path / "out", formats=("csv",), search=[EXPERIMENTS])
+    collect(["fx_sharing"], tmp_path / "moved", tmp_path / "out", formats=("csv",))
     assert (tmp_path / "out" / "fx_sharing" / "table.csv").read_bytes() == (out / "fx_sharing" / "table.csv").read_bytes()
 
 
 def test_without_names_every_launched_experiment_is_collected(tmp_path):
-    tables = collect(None, RUNS, None, search=[EXPERIMENTS])
+    tables = collect(None, RUNS, None)
     assert sorted(tables) == ["fx_downstream", "fx_sharing"]

@@ -50,7 +50,7 @@ def test_smoke_experiment_launched_then_collected(tmp_path):
         ("scratch", "synthetic_eval", "linear")]
 
     index = json.loads((runs / "smoke" / "index.json").read_text())
-    spec = load_report("smoke", runs, (ROOT / "experiments",))
+    spec = load_report("smoke", runs)
     covered = sorted(f"smoke/{c.variant}/{c.stage}" for row in spec.rows() for c in row.chain)
     assert covered == sorted(index["cells"])  # every launched cell is in exactly one row
     chains = {row.variant: [c.stage for c in row.chain] for row in spec.rows()}

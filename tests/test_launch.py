@@ -18,7 +18,8 @@ import pytest
 
 from avbert.config import ConfigError
 from avbert.launch import launcher
-from avbert.launch.index import read_index, record_submission, snapshot_code
+from avbert.launch.index import record_submission, snapshot_code
+from avbert.rundir.index import read_index
 from avbert.launch.plan import make_plan
 from avbert.launch.profile import load_profile
 from avbert.launch.registry import expand

@@ -33,23 +33,29 @@ def evaluation(config: dict) -> dict:
 
 def paper_scale_table(path: Path, runs_dir: Path):
     """(the experiment, its table at the paper scale, where it has one): every cell's run written to ``runs_dir``
-    with the run directory's own writers (config, status, evaluation), then ``collect``ed."""
+    with the run directory's own writers (config, status, evaluation) and the launcher's index, then ``collect``ed."""
     from avbert.config import dump_yaml, to_dict
+    from avbert.launch.index import describe_cells
     from avbert.launch.profile import load_profile
     from avbert.launch.registry import expand
     from avbert.results.collect import collect_one
     from avbert.rundir import write_json
+    from avbert.rundir.index import write_index
 
     exp = read_experiment(path)
     scale = "paper" if "paper" in exp.spec.scales else exp.spec.default_scale  # the smoke is tiny only
     profile = load_profile(ROOT / "slurm" / "profiles" / ("paper-8x8.yaml" if scale == "paper" else "local.yaml"))
-    for cell in expand(exp, scale, profile, runs_dir, check_files=False):
+    cells = expand(exp, scale, profile, runs_dir, check_files=False)
+    index = {"cells": {}, "launches": []}
+    describe_cells(index, exp, cells, scale)  # the launcher's record, as a launch writes it
+    write_index(runs_dir / exp.name, index)
+    for cell in cells:
         cell.run_dir.mkdir(parents=True)
         dump_yaml(cell.config, cell.run_dir / "config.yaml")
         write_json(cell.run_dir / "status.json", {"state": "completed", "step": 1, "total_steps": 1})
         if cell.kind in DOWNSTREAM_KINDS:
             write_json(cell.run_dir / "eval.json", evaluation(to_dict(cell.config)))
-    table, _, _ = collect_one(str(path), runs_dir, (ROOT / "experiments",))
+    table, _, _ = collect_one(str(path), runs_dir)
     return exp, table
 
 

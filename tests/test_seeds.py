@@ -12,9 +12,11 @@ from avbert.config import ConfigError
 from avbert.launch.profile import load_profile
 from avbert.launch.registry import expand
 from avbert.launch.spec import read_experiment
-from avbert.results.experiments import ExperimentReport, expand_cells
+from avbert.launch.index import describe_cells
+from avbert.results.experiments import load_report
 from avbert.results.runs import StageRun
 from avbert.results.tables import build_table
+from avbert.rundir.index import write_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,9 +50,13 @@ def test_repeated_seeds_are_refused(tmp_path):
 
 def test_the_table_gives_mean_std_and_n_and_flags_missing_seeds(tmp_path):
     exp = read_experiment(seeded_smoke(tmp_path))
-    scale, cells = expand_cells(exp, "tiny", tmp_path / "runs")
-    spec = ExperimentReport(exp.name, "sharing", "seeded", scale, cells, {"xl-part": {"top1": 67.5}}, {},
-                            seeds=[0, 1, 2])
+    index = {"cells": {}, "launches": []}
+    describe_cells(index, exp, expand(exp, "tiny", load_profile(ROOT / "slurm/profiles/local.yaml"),
+                                      tmp_path / "runs"), "tiny")
+    write_index(tmp_path / "runs" / exp.name, index)
+    spec = load_report(exp.name, tmp_path / "runs")  # the cells and seeds as the launcher recorded them
+    assert spec.seeds == [0, 1, 2]
+    cells = spec.cells
     top1 = {("xl", 0): 40.0, ("xl", 1): 44.0, ("xl", 2): 45.0, ("xl-part", 0): 30.0, ("xl-part", 1): 34.0}
     runs = {}
     for c in cells:

@@ -21,7 +21,7 @@ from avbert.results.runs import StageRun
 from avbert.results.tables import CHANCE_NOTE, PAPER_NOTE, build_table
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs"
-RUNS, EXPERIMENTS = FIXTURES / "runs", FIXTURES / "experiments"
+RUNS = FIXTURES / "runs"
 REFERENCE = {"top1": 65.7, "top5": 89.9, "map": None, "params_m": 21.0}
 
 
@@ -45,7 +45,7 @@ def keys_of(table) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tables():
-    return collect(["fx_sharing", "fx_downstream"], RUNS, None, search=[EXPERIMENTS])
+    return collect(["fx_sharing", "fx_downstream"], RUNS, None)
 
 
 # -- the paper's numbers ---------------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def test_a_row_of_another_protocol_than_the_papers_does_not_get_them():
 
 
 def test_the_fixture_synthetic_rows_leave_out_the_references_their_file_gives(tables):
-    spec = load_report("fx_sharing", RUNS, (EXPERIMENTS,))
+    spec = load_report("fx_sharing", RUNS)
     assert spec.reference["xl"]["top1"] == 65.7  # given in the file, by variant
     assert not [key for key in keys_of(tables["fx_sharing"]) if key.startswith(("paper_", "delta_"))]
     assert "paper_top1" in keys_of(tables["fx_downstream"])
@@ -124,7 +124,7 @@ def test_chance_in_the_fixture_tables(tables):
 
 # -- the row from scratch --------------------------------------------------------------------------------------
 def test_the_scratch_row_has_no_pretraining_in_its_chain(tables):
-    spec = load_report("fx_sharing", RUNS, (EXPERIMENTS,))
+    spec = load_report("fx_sharing", RUNS)
     chains = {row.variant: [(c.stage, c.kind, c.after) for c in row.chain] for row in spec.rows()}
     assert chains["scratch"] == [("synthetic_eval", "linear", None)]
     assert chains["xl"] == [("pretrain", "pretrain", None), ("synthetic_eval", "linear", "pretrain")]

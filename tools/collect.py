@@ -30,8 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output to write; repeat for several (default: all)")
     parser.add_argument("--out", default="reports", help="output folder (default: reports)")
     parser.add_argument("--runs-dir", default="runs", help="where the runs are (default: runs)")
-    parser.add_argument("--experiments-dir", action="append", dest="search", metavar="DIR",
-                        help="where experiment names are looked up (default: ./experiments and the suite's)")
     parser.add_argument("--quiet", action="store_true", help="do not print the tables")
     return parser
 
@@ -40,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         tables = collect(args.experiments, args.runs_dir, args.out, args.formats or FORMATS,
-                         print_tables=not args.quiet, search=args.search)
+                         print_tables=not args.quiet)
     except (FileNotFoundError, ValueError) as err:
         print(f"collect: {err}", file=sys.stderr)
         return 1

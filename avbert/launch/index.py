@@ -1,15 +1,9 @@
 """The experiment index and the per-launch code snapshot.
 
-``<runs_dir>/<experiment>/index.json`` records what the launcher did::
-
-    {"experiment": "sharing_ablation", "file": ".../experiments/sharing_ablation.yaml",
-     "scale": "tiny", "variants": [...], "stages": [...],
-     "cells": {"sharing_ablation/xl-part/pretrain": {
-         "variant": "xl-part", "stage": "pretrain", "kind": "pretrain", "after": null,
-         "run_dir": ..., "cluster": "slurm", "job_id": "41_3", "job_name": ..., "log": ...,
-         "state": "PENDING", "submitted": "2026-11-23T14:02:11", "code_dir": ..., "git_commit": ...,
-         "history": [{"job_id": ..., "submitted": ..., "state": ...}]}},
-     "launches": [{"time": ..., "cluster": ..., "profile": ..., "code_dir": ..., "submitted": [...]}]}
+``<runs_dir>/<experiment>/index.json`` records what the launcher did: the experiment's
+identity, report and cells with their resolved configs, each cell's job, and every
+launch (the format: ``avbert.rundir.index``). The results tool builds its tables from
+it, not from the experiment file, which may have changed since.
 
 Every launch that submits something copies the ``avbert`` package and
 ``tools`` into ``<runs_dir>/<experiment>/code/<time>-<commit>/``; its jobs
@@ -24,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from avbert.rundir import INDEX, read_json, write_json
+from avbert.config import to_dict
+from avbert.rundir import file_sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT_PARTS = ("avbert", "tools")
@@ -36,22 +31,6 @@ def now_text() -> str:
 
 def experiment_dir(runs_dir: str | Path, experiment: str) -> Path:
     return Path(runs_dir).expanduser().resolve() / experiment
-
-
-def read_index(exp_dir: Path) -> dict:
-    """The index, or an empty one."""
-    index = read_json(exp_dir / INDEX)
-    if index is None:
-        return {"cells": {}, "launches": []}
-    index.setdefault("cells", {})
-    index.setdefault("launches", [])
-    return index
-
-
-def write_index(exp_dir: Path, index: dict) -> None:
-    """Replace the index atomically."""
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    write_json(exp_dir / INDEX, index)
 
 
 def git_commit(repo: Path = REPO_ROOT) -> Optional[str]:
@@ -84,27 +63,43 @@ def snapshot_code(exp_dir: Path, commit: Optional[str], repo: Path = REPO_ROOT) 
 
 def record_submission(index: dict, cell, cluster: str, job_id: str, log: str, code_dir: Path,
                       commit: Optional[str], job_name: str) -> None:
-    """Enter a submitted cell; earlier submissions of it move to its history."""
-    old = index["cells"].get(cell.name, {})
-    history = list(old.get("history", []))
-    if old.get("job_id"):
-        history.append({key: old.get(key) for key in ("job_id", "cluster", "submitted", "state")})
-    index["cells"][cell.name] = {
+    """Enter a submitted cell's job (its description, ``describe_cells``, stays); earlier
+    submissions of it move to its history."""
+    entry = index["cells"].setdefault(cell.name, {})
+    history = list(entry.get("history", []))
+    if entry.get("job_id"):
+        history.append({key: entry.get(key) for key in ("job_id", "cluster", "submitted", "state")})
+    entry.update({
         "variant": cell.variant, "stage": cell.stage, "kind": cell.kind, "after": cell.upstream,
         "run_dir": str(cell.run_dir), "cluster": cluster, "job_id": job_id, "job_name": job_name, "log": log,
-        "state": "SUBMITTED", "submitted": now_text(), "submitted_unix": time.time(), "code_dir": str(code_dir), "git_commit": commit,
-        "history": history,
-    }
+        "state": "SUBMITTED", "submitted": now_text(), "submitted_unix": time.time(), "code_dir": str(code_dir),
+        "git_commit": commit, "history": history,
+    })
+
+
+def report_record(experiment) -> dict:
+    """The experiment's report section (layout, title, the paper's numbers) as plain data."""
+    report = experiment.spec.report
+    if report is None:
+        return {"layout": "sharing", "title": experiment.name, "reference": {}}
+    return {"layout": report.layout, "title": report.title or experiment.name,
+            "reference": {key: {k: v for k, v in vars(value).items() if v is not None}
+                          for key, value in report.reference.items()}}
 
 
 def describe_cells(index: dict, experiment, cells, scale: str) -> None:
-    """The experiment's identity and its cells in order, for the results tool."""
+    """The experiment's identity, report and cells in order (each with the resolved config
+    it is launched with), for the results tool."""
     index["experiment"] = experiment.name
     index["file"] = str(experiment.path.resolve())
+    index["file_sha256"] = file_sha256(experiment.path)
     index["scale"] = scale
+    index["seeds"] = list(experiment.spec.seeds)
+    index["report"] = report_record(experiment)
     index["variants"] = list(dict.fromkeys(cell.variant for cell in cells))
     index["stages"] = list(dict.fromkeys(cell.stage for cell in cells))
     for cell in cells:
         entry = index["cells"].setdefault(cell.name, {"state": "NEW"})
-        entry.update(variant=cell.variant, stage=cell.stage, kind=cell.kind, after=cell.upstream,
-                     run_dir=str(cell.run_dir))
+        entry.update(variant=cell.variant, stage=cell.stage, base_stage=cell.stage_key or cell.stage, kind=cell.kind,
+                     after=cell.upstream, seed=cell.seed, base_variant=cell.base_variant or cell.variant,
+                     config=to_dict(cell.config), run_dir=str(cell.run_dir))

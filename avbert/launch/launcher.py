@@ -34,6 +34,7 @@ from avbert.launch.spec import SCALES, Experiment, read_experiment
 from avbert.launch.status import gather, read_run_status
 from avbert.launch.submit import Submitted, run_local, submit_slurm
 from avbert.rundir import CONFIG, read_yaml_mapping
+from avbert.rundir.index import read_index, write_index
 
 DEFAULT_PROFILE = idx.REPO_ROOT / "slurm" / "profiles" / "local.yaml"
 SQUEUE_HINT = "squeue -o '%.14i %.45j %.10T %.10M %R'"
@@ -99,7 +100,7 @@ def check_local(cells: list[Cell], experiment: Experiment, scale: str) -> None:
 
 def check_runs_dir(exp_dir: Path, scale: str) -> None:
     """A run directory holds one scale of an experiment."""
-    held = idx.read_index(exp_dir).get("scale")
+    held = read_index(exp_dir).get("scale")
     if held and held != scale:
         raise ConfigError(f"{exp_dir} holds {held}-scale runs; launch the {scale} scale with another --runs-dir",
                           "command line", "--scale")
@@ -134,7 +135,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as err:
         errors.print(f"[bold red]error:[/] {escape(str(err))}")
         return 2
-    index = idx.read_index(launch.exp_dir)
+    index = read_index(launch.exp_dir)
     idx.describe_cells(index, launch.experiment, launch.cells, launch.scale)
     statuses = gather(index, [cell.name for cell in launch.cells])
     changed = changed_cells(launch.cells)
@@ -152,7 +153,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         index["cells"][name]["state"] = status.state
     todo = [p for p in plan if p.submit]
     if not todo:
-        idx.write_index(launch.exp_dir, index)
+        write_index(launch.exp_dir, index)
         console.print("nothing to submit")
         return 0
     for planned in todo:
@@ -220,7 +221,7 @@ def _record_launch(index: dict, launch: Launch, code_dir: Path, argv: Optional[l
                               "argv": list(argv if argv is not None else sys.argv[1:]),
                               "overrides": launch.overrides,
                               "submitted": [p.cell.name for p in todo]})
-    idx.write_index(launch.exp_dir, index)
+    write_index(launch.exp_dir, index)
 
 
 def _print_header(console: Console, launch: Launch) -> None:
@@ -235,7 +236,7 @@ def _recorder(index: dict, launch: Launch, code_dir: Path):
     def record(sub: Submitted) -> None:
         idx.record_submission(index, sub.cell, launch.cluster, sub.job_id, sub.log, code_dir, launch.commit,
                               sub.job_name)
-        idx.write_index(launch.exp_dir, index)
+        write_index(launch.exp_dir, index)
     return record
 
 
@@ -277,7 +278,7 @@ def _launch_local(console: Console, launch: Launch, plan: list[PlannedCell], ind
                               lambda c: spinner.update(_progress_text(c)))
         entry = index["cells"][cell.name]
         entry["state"] = "COMPLETED" if error is None else "FAILED"
-        idx.write_index(launch.exp_dir, index)
+        write_index(launch.exp_dir, index)
         if error is None:
             console.print(f"[green]completed[/] {cell.name}")
         else:

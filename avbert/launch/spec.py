@@ -41,9 +41,9 @@ import yaml
 
 from avbert.config import ConfigError, merge_into, read_yaml
 from avbert.launch.resources import StageResources
+from avbert.rundir.index import ROW_PER_STAGE_LAYOUTS
 
 SCALES = ("paper", "tiny")
-ROW_PER_STAGE_LAYOUTS = ("downstream", "components")  # a row per evaluated stage, not per variant
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 NAME_RULE = "lowercase letters, digits and _ . + -, starting with a letter or digit"
 

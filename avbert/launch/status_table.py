@@ -15,7 +15,8 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
-from avbert.launch.index import INDEX, read_index
+from avbert.rundir import INDEX
+from avbert.rundir.index import read_index
 from avbert.launch.status import CellStatus, gather
 
 STATE_STYLES = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "SUBMITTED": "yellow",

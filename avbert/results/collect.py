@@ -2,8 +2,8 @@
 
 ``collect(experiments, runs_dir, out_dir, formats)`` reads every cell of each
 experiment (``<runs_dir>/<experiment>/<variant>/<stage>/``: config.yaml,
-metrics.jsonl, status.json, eval.json, checkpoint markers, and the launcher's
-index.json), builds the table of the experiment's report layout, writes it
+metrics.jsonl, status.json, eval.json, checkpoint markers) as the launcher's
+index.json recorded them, builds the table of the experiment's report layout, writes it
 under ``<out_dir>/<experiment>/`` as ``table.md``, ``table.csv`` and
 ``table.json`` plus the figures (``png``), and returns the tables by
 experiment name. ``tools/collect.py`` is its command line; the launcher calls
@@ -25,7 +25,6 @@ from avbert.results.runs import StageRun, read_stage
 from avbert.results.tables import build_table
 
 FORMATS = ("markdown", "csv", "json", "png")
-REPO_EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def read_runs(spec: ExperimentReport, runs_dir: Path) -> dict[tuple[str, str], StageRun]:
@@ -78,9 +77,9 @@ def discover_experiments(runs_dir: Path) -> list[str]:
     return sorted(p.name for p in runs_dir.iterdir() if (p / "index.json").is_file())
 
 
-def collect_one(experiment: str, runs_dir: Path, search: tuple[Path, ...]) -> tuple[Table, ExperimentReport, dict]:
+def collect_one(experiment: str, runs_dir: Path) -> tuple[Table, ExperimentReport, dict]:
     """The table of one experiment, its spec and its cells."""
-    spec = load_report(experiment, runs_dir, search)
+    spec = load_report(experiment, runs_dir)
     runs = read_runs(spec, runs_dir)
     table = build_table(spec, runs, transformer_params_m, pretrained_labeller(runs_dir))
     return table, spec, runs
@@ -88,24 +87,24 @@ def collect_one(experiment: str, runs_dir: Path, search: tuple[Path, ...]) -> tu
 
 def collect(experiments: Optional[Sequence[str]] = None, runs_dir: str | Path = "runs",
             out_dir: Optional[str | Path] = "reports", formats: Iterable[str] = FORMATS,
-            print_tables: bool = False, search: Optional[Sequence[str | Path]] = None) -> dict[str, Table]:
+            print_tables: bool = False) -> dict[str, Table]:
     """Build, write and return the tables of ``experiments`` (names or YAML paths;
     every experiment with a folder under ``runs_dir`` when None).
 
     ``formats``: any of ``markdown``, ``csv``, ``json`` (files) and ``png``
-    (figures); nothing is written when ``out_dir`` is None. ``search``: folders
-    where experiment names are looked up (``./experiments`` and the suite's).
+    (figures); nothing is written when ``out_dir`` is None. Each experiment is read
+    from what its launches recorded (``index.json``) and its run directories, not from
+    its experiment file, which may have changed since.
     """
     runs_dir = Path(runs_dir)
     formats = tuple(formats)
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown format(s) {sorted(unknown)}; allowed: {', '.join(FORMATS)}")
-    folders = tuple(Path(p) for p in (search or ("experiments", REPO_EXPERIMENTS)))
     names = list(experiments) if experiments else discover_experiments(runs_dir)
     tables = {}
     for experiment in names:
-        table, spec, runs = collect_one(experiment, runs_dir, folders)
+        table, spec, runs = collect_one(experiment, runs_dir)
         tables[table.experiment] = table
         if out_dir is not None:
             target = Path(out_dir) / table.experiment

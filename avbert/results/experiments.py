@@ -1,11 +1,12 @@
 """An experiment as the tables see it: its cells, grouped into rows.
 
-The experiment file (``experiments/<name>.yaml``, read by
-``avbert.launch.spec``) is expanded by the launcher's registry into cells, one
-per (variant, stage) with its resolved config; cell ``<variant>/<stage>`` runs
-in ``<runs_dir>/<experiment>/<variant>/<stage>/``. The launcher's
-``<runs_dir>/<experiment>/index.json`` adds the scale it ran at and each
-cell's job id and scheduler state.
+The tables report what ran, as the launcher recorded it in
+``<runs_dir>/<experiment>/index.json`` (``avbert.rundir.index``): the scale, the
+report section (layout, title, the paper's numbers), the seeds and every cell with
+the resolved config it was launched with; cell ``<variant>/<stage>`` runs in
+``<runs_dir>/<experiment>/<variant>/<stage>/``. The experiment file itself is not
+read again: when it changed after the launch, the report says so
+(``ExperimentReport.file_change``) and still shows what ran.
 
 A table row is one evaluated cell (a ``finetune`` or ``linear`` stage)
 together with the stages it starts from (its ``after`` chain, e.g. the
@@ -21,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from avbert.launch.spec import ROW_PER_STAGE_LAYOUTS
-from avbert.rundir import read_json, read_yaml_mapping
+from avbert.config import ConfigError
+from avbert.config.loader import read_yaml
+from avbert.rundir import read_yaml_mapping
+from avbert.rundir.index import ROW_PER_STAGE_LAYOUTS, ExperimentIndex, IndexCell, read_experiment_index
 
 DOWNSTREAM_KINDS = ("finetune", "linear")
 
@@ -72,6 +75,7 @@ class ExperimentReport:
     reference: dict[str, dict] = field(default_factory=dict)
     jobs: dict[tuple[str, str], dict] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=list)  # the experiment's ``seeds``: each row run once per seed
+    file_change: Optional[str] = None  # how the experiment file differs from what was launched
 
     def job_state(self, variant: str, stage: str) -> Optional[str]:
         state = (self.jobs.get((variant, stage)) or {}).get("state")
@@ -111,39 +115,19 @@ class ExperimentReport:
         return rows
 
 
-def find_experiment_file(experiment: str, search: tuple[Path, ...]) -> Optional[Path]:
-    """``experiment`` as a path to a YAML file, or as a name under one of ``search``."""
-    path = Path(experiment)
-    if path.suffix in (".yaml", ".yml"):
-        return path if path.is_file() else None
-    for folder in search:
-        for suffix in (".yaml", ".yml"):
-            if (folder / f"{experiment}{suffix}").is_file():
-                return folder / f"{experiment}{suffix}"
-    return None
-
-
-def read_index(runs_dir: Path, name: str) -> tuple[Optional[str], dict[tuple[str, str], dict]]:
-    """(scale, cells by (variant, stage)) from the launcher's ``index.json``."""
-    index = read_json(runs_dir / name / "index.json") or {}
-    cells = index.get("cells") or []
-    if isinstance(cells, dict):
-        cells = [{"name": key, **value} for key, value in cells.items() if isinstance(value, dict)]
-    jobs = {}
-    for cell in cells:
-        if not isinstance(cell, dict):
-            continue
-        variant, stage = cell.get("variant"), cell.get("stage")
-        if (variant is None or stage is None) and cell.get("name"):
-            parts = str(cell["name"]).split("/")
-            variant, stage = parts[-2:] if len(parts) >= 2 else (None, None)
-        if variant is not None and stage is not None:
-            jobs[(str(variant), str(stage))] = cell
-    scale = index.get("scale")
-    return (str(scale) if scale else None), jobs
-
-
 RUN_FILES = ("config.yaml", "status.json", "metrics.jsonl")
+
+
+def experiment_name(experiment: str) -> str:
+    """The experiment a name or a YAML path means: the file's ``name`` (else its stem)."""
+    path = Path(experiment)
+    if path.suffix not in (".yaml", ".yml"):
+        return experiment
+    try:
+        name = read_yaml(path).get("name")
+    except ConfigError:
+        name = None
+    return str(name) if isinstance(name, str) and name else path.stem
 
 
 def cells_on_disk(runs_dir: Path, name: str) -> list[tuple[str, str]]:
@@ -160,54 +144,40 @@ def cells_on_disk(runs_dir: Path, name: str) -> list[tuple[str, str]]:
     return found
 
 
-def _base_stage(stage: str, stages: list[str]) -> str:
-    matches = [s for s in stages if stage == s or stage.startswith(s + "-")]
-    return max(matches, key=len) if matches else stage
-
-
-def expand_cells(exp, scale: Optional[str], runs_dir: Path) -> tuple[str, list[CellSpec]]:
-    """(scale, cells) of an experiment at ``scale`` (None: the scale with most
-    cells on disk, ties going to the file's default scale)."""
-    from avbert.config import to_dict
-    from avbert.launch.profile import Profile
-    from avbert.launch.registry import expand
-
-    # Any job shape is accepted: only the cells' configs matter here, not where they would run.
-    profile = Profile(name="collect", nodes=1 << 20, gpus_per_node=1 << 20)
-    expanded = {name: expand(exp, name, profile, runs_dir, check_files=False) for name in exp.spec.scales}
-    if scale not in expanded:
-        on_disk = set(cells_on_disk(runs_dir, exp.name))
-        scale = min(expanded, key=lambda s: (-sum((c.variant, c.stage) in on_disk for c in expanded[s]),
-                                             s != exp.spec.default_scale))
-    stages = list(exp.spec.stages)
-    return scale, [CellSpec(c.variant, c.stage, _base_stage(c.stage, stages), c.kind, c.after, to_dict(c.config),
-                            c.seed, c.base_variant) for c in expanded[scale]]
+def _cell(cell: IndexCell) -> CellSpec:
+    return CellSpec(cell.variant, cell.stage, cell.base_stage, cell.kind, cell.after, cell.config, cell.seed,
+                    cell.base_variant)
 
 
 def _extra_cell(runs_dir: Path, name: str, variant: str, stage: str) -> CellSpec:
     config = read_yaml_mapping(runs_dir / name / variant / stage / "config.yaml")
     kind = str((config or {}).get("stage") or ("pretrain" if stage == "pretrain" else stage))
-    return CellSpec(variant, stage, stage, kind, None, None)
+    return CellSpec(variant, stage, stage, kind, None, config)
 
 
-def load_report(experiment: str, runs_dir: str | Path, search: tuple[Path, ...]) -> ExperimentReport:
-    """The experiment ``experiment`` (a name or a YAML path) with its cells under ``runs_dir``."""
-    from avbert.launch.spec import read_experiment
-
-    runs_dir = Path(runs_dir)
-    recorded = (read_json(runs_dir / experiment / "index.json") or {}).get("file")
-    path = find_experiment_file(experiment, search) or find_experiment_file(str(recorded or ""), ())
-    if path is None:
-        raise FileNotFoundError(f"no experiment file for {experiment!r} (looked in {', '.join(map(str, search))})")
-    exp = read_experiment(path)
-    scale, jobs = read_index(runs_dir, exp.name)
-    scale, cells = expand_cells(exp, scale, runs_dir)
+def report_from_index(index: ExperimentIndex, runs_dir: Path) -> ExperimentReport:
+    """The report of an indexed experiment: its cells as launched, then run directories
+    on disk that the index does not name (nothing that ran is dropped)."""
+    cells = [_cell(c) for c in index.cells]
     known = {(c.variant, c.stage) for c in cells}
-    extra = [key for key in [*jobs, *cells_on_disk(runs_dir, exp.name)] if key not in known]
-    cells += [_extra_cell(runs_dir, exp.name, variant, stage) for variant, stage in dict.fromkeys(extra)]
-    report = exp.spec.report
-    if report is None:
-        return ExperimentReport(exp.name, "sharing", exp.name, scale, cells, {}, jobs)
-    reference = {key: dict(vars(value)) for key, value in report.reference.items()}
-    return ExperimentReport(exp.name, report.layout, report.title or exp.name, scale, cells, reference, jobs,
-                            list(exp.spec.seeds))
+    cells += [_extra_cell(runs_dir, index.experiment, variant, stage)
+              for variant, stage in cells_on_disk(runs_dir, index.experiment) if (variant, stage) not in known]
+    jobs = {(c.variant, c.stage): {"state": c.state, "job_id": c.job_id} for c in index.cells}
+    report = index.report
+    reference = report.get("reference") if isinstance(report.get("reference"), dict) else {}
+    return ExperimentReport(index.experiment, str(report.get("layout") or "sharing"),
+                            str(report.get("title") or index.experiment), index.scale, cells,
+                            {str(k): dict(v) for k, v in reference.items() if isinstance(v, dict)}, jobs,
+                            list(index.seeds), index.file_change())
+
+
+def load_report(experiment: str, runs_dir: str | Path) -> ExperimentReport:
+    """The experiment ``experiment`` (a name, or the YAML file it was launched from) as it
+    ran under ``runs_dir``; FileNotFoundError when it was never launched there."""
+    runs_dir = Path(runs_dir)
+    name = experiment_name(experiment)
+    index = read_experiment_index(runs_dir / name)
+    if index is None:
+        raise FileNotFoundError(f"{runs_dir / name / 'index.json'}: no experiment index (was {name!r} launched "
+                                f"into {runs_dir}? tools/launch.py writes it; a --dry-run does not)")
+    return report_from_index(index, runs_dir)

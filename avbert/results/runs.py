@@ -176,8 +176,9 @@ def row_cost(runs: list[StageRun]) -> dict:
 def provenance(runs: list[StageRun]) -> dict:
     """Where a row's numbers come from: how many runs, their git commits (``config.yaml``)
     and the SHA-256 of each manifest they read (``status.json``), and a warning when runs
-    that should agree do not: several commits, or one manifest path read with different
-    contents."""
+    that should agree do not (several commits, one manifest path read with different
+    contents) or when a run's metrics log has lines that could not be read (a writer
+    killed mid-line: the curves and costs miss them)."""
     present = [run for run in runs if run.exists]
     commits = sorted({str(c) for c in ((run.config or {}).get("git_commit") for run in present) if c})
     hashes: dict[str, set] = {}
@@ -191,6 +192,8 @@ def provenance(runs: list[StageRun]) -> dict:
     if len(commits) > 1:
         notes.append(f"runs disagree on commit ({len(commits)} commits)")
     notes += [f"{Path(path).name} read with {len(d)} different contents" for path, d in hashes.items() if len(d) > 1]
+    notes += [f"{run.stage}: {run.unreadable_lines} unreadable metrics line(s)" for run in present
+              if run.unreadable_lines]
     return {"runs": len(present) or None, "commit": "+".join(c[:10] for c in commits) or None,
             "manifest_sha256": "; ".join(f"{Path(p).name}:{','.join(sorted(x)[:1])[:12]}" for p, x in hashes.items())
             or None, "provenance": "; ".join(notes) or None}

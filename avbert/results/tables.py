@@ -237,6 +237,7 @@ def hours_header(runs: list[StageRun]) -> str:
     return "device-hours"
 
 
+CHANGED_FLAG = "experiment file changed since launch"
 PAPER_NOTE = "paper: Lee et al., ICLR 2021 (AVBERT); Δ = ours - paper, in points."
 CHANCE_NOTE = ("chance top-1: 100 / the number of classes of the row's evaluation set, what a model that "
                "learned nothing scores.")
@@ -279,6 +280,12 @@ def build_table(spec: ExperimentReport, runs: dict[tuple[str, str], StageRun], p
     keys = {column.key for column in columns}
     notes = ([PAPER_NOTE] if any(key.startswith("paper_") and key != "paper_params_m" for key in keys) else [])
     notes += [CHANCE_NOTE] if "chance_top1" in keys else []
+    if spec.file_change:
+        rows = [{**row, "provenance": "; ".join(filter(None, [row.get("provenance"), CHANGED_FLAG]))} for row in rows]
+        notes.append(f"{spec.file_change}: the rows are the cells as launched (their configs are in the index and "
+                     "the run directories); relaunch to run the file as it is now.")
+        if "provenance" not in keys:
+            columns.append(next(c for c in cost_columns("hours") if c.key == "provenance"))
     rows = [{column.key: row.get(column.key) for column in columns} for row in rows]
     return Table(spec.name, spec.title, spec.layout, columns, rows, notes + NOTES)
 
