@@ -39,13 +39,12 @@ from collections import deque
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from avbert.data.clips import ClipSpec, plan_sample  # noqa: E402
-from avbert.data.manifest import load_manifest  # noqa: E402
+from avbert.data.clips import ClipSpec, plan_sample
+from avbert.data.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ClipSpec(clips=4, clip_seconds=2.5, frames_per_clip=32, frame_stride=2, crop_size=112,

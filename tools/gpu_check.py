@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # The paper model and data presets on a few synthetic videos: long enough for the loss to fall.
 ENGINE_RUN = ["model.preset=paper", "data.preset=paper", "data.source=synthetic", "data.synthetic.num_videos=64",

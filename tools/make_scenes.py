@@ -17,13 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rich.console import Console  # noqa: E402
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,  # noqa: E402
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from avbert.data.synthetic_scenes import ScenesSpec, write_generic_tree  # noqa: E402
+from avbert.data.synthetic_scenes import ScenesSpec, write_generic_tree
 
 
 def parse_args(argv=None) -> argparse.Namespace:

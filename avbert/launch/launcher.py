@@ -58,7 +58,7 @@ class Launch:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python tools/launch.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="avbert-launch", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", help="experiment file, e.g. experiments/sharing_ablation.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides for every cell, e.g. train.steps=200 optim.lr=0.0005")

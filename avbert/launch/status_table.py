@@ -24,7 +24,7 @@ STATE_STYLES = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "S
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python tools/status.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="avbert-status", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", nargs="?", help="experiment name or file (default: all under --runs-dir)")
     parser.add_argument("--runs-dir", default="runs", help="where the runs are (default: runs)")
     return parser
