@@ -322,3 +322,38 @@ def test_a_hostile_experiment_file_is_refused_naming_it(tmp_path, capsys, kind):
     assert launcher.main([str(path), "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert str(path) in err.replace("\n", "") and ("not a text file" in err or "aliases" in err), err
+
+
+def test_local_slots_divide_the_cores_by_the_cores_a_job_takes():
+    from dataclasses import replace
+
+    from avbert.launch.submit import local_slots
+
+    profile = load_profile(PROFILES / "local.yaml")  # 1 task of 1 core
+    assert local_slots(profile, cores=2) == 2 and local_slots(profile, cores=1) == 1
+    assert local_slots(replace(profile, cpus_per_task=4), cores=16) == 4
+    assert local_slots(replace(profile, cpus_per_task=4), cores=2) == 1  # never none
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: the local executor runs one cell at a time")
+def test_local_cells_run_side_by_side_and_each_after_its_upstream(tmp_path):
+    import subprocess
+
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    result = subprocess.run([sys.executable, "tools/launch.py", str(EXPERIMENTS / "smoke.yaml"), "--cluster", "local",
+                             "--runs-dir", str(runs), "train.steps=4", "data.synthetic.num_videos=64",
+                             "--only", "xl", "xl-part"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    def span(variant: str, stage: str) -> tuple[float, float]:
+        run_dir = runs / "smoke" / variant / stage
+        start = json.loads((run_dir / "job.json").read_text())["starts"][0]["time"]
+        return start, json.loads((run_dir / "status.json").read_text())["updated_unix"]
+
+    (xl_start, xl_end), (part_start, part_end) = span("xl", "pretrain"), span("xl-part", "pretrain")
+    assert xl_start < part_end and part_start < xl_end  # the two pretrainings overlapped
+    for variant in ("xl", "xl-part"):
+        assert span(variant, "synthetic_eval")[0] >= span(variant, "pretrain")[1]  # the probe waited for its export

@@ -32,7 +32,7 @@ from avbert.launch.profile import Profile, load_profile
 from avbert.launch.registry import Cell, expand, select
 from avbert.launch.spec import SCALES, Experiment, read_experiment
 from avbert.launch.status import gather, read_run_status
-from avbert.launch.submit import Submitted, run_local, submit_slurm
+from avbert.launch.submit import Submitted, local_error, local_slots, start_local, submit_slurm
 from avbert.rundir import CONFIG, read_yaml_mapping
 from avbert.rundir.index import read_index, write_index
 
@@ -264,26 +264,47 @@ def _launch_slurm(console: Console, errors: Console, launch: Launch, plan: list[
 
 def _launch_local(console: Console, launch: Launch, plan: list[PlannedCell], index: dict, code_dir: Path,
                   record) -> int:
+    """Run the cells on this machine, as many side by side as its cores allow for the
+    profile's job shape (``submit.local_slots``; a cell that asks for GPUs runs alone), each
+    once the cell it starts from has completed."""
+    todo = [planned for planned in plan if planned.submit]
+    slots = local_slots(launch.profile)
+    running: dict[str, tuple[PlannedCell, object]] = {}
+    finished: set[str] = set()
     failed: set[str] = set()
-    for planned in plan:
-        if not planned.submit:
-            continue
-        cell = planned.cell
-        if planned.wait_for in failed:
-            console.print(f"[red]skipped[/] {cell.name}: {planned.wait_for} did not complete")
-            failed.add(cell.name)
-            continue
-        with console.status(f"{cell.name}: starting") as spinner:
-            error = run_local(planned, launch.profile, launch.exp_dir / "logs", code_dir, record,
-                              lambda c: spinner.update(_progress_text(c)))
-        entry = index["cells"][cell.name]
+
+    def finish(name: str, error: Optional[str]) -> None:
+        entry = index["cells"][name]
         entry["state"] = "COMPLETED" if error is None else "FAILED"
         write_index(launch.exp_dir, index)
+        (finished if error is None else failed).add(name)
         if error is None:
-            console.print(f"[green]completed[/] {cell.name}")
+            console.print(f"[green]completed[/] {name}")
         else:
-            failed.add(cell.name)
-            console.print(f"[red]failed[/] {cell.name}: {escape(error)} (log: {entry.get('log')})")
+            console.print(f"[red]failed[/] {name}: {escape(error)} (log: {entry.get('log')})")
+
+    with console.status("starting") as spinner:
+        while todo or running:
+            for planned in list(todo):
+                cell, upstream = planned.cell, planned.wait_for
+                if upstream in failed:
+                    console.print(f"[red]skipped[/] {cell.name}: {upstream} did not complete")
+                    failed.add(cell.name)
+                    todo.remove(planned)
+                    continue
+                alone = cell.resources.gpus_per_node > 0
+                room = not running if alone else len(running) < slots and not any(
+                    p.cell.resources.gpus_per_node > 0 for p, _ in running.values())
+                if room and (upstream is None or upstream in finished):
+                    running[cell.name] = (planned, start_local(planned, launch.profile, launch.exp_dir / "logs",
+                                                               code_dir, record))
+                    todo.remove(planned)
+            for name, (planned, job) in list(running.items()):
+                if job.done():
+                    del running[name]
+                    finish(name, local_error(job))
+            spinner.update(" | ".join(_progress_text(p.cell) for p, _ in running.values()) or "waiting")
+            time.sleep(1.0)
     print_results(console, launch)
     return 1 if failed else 0
 

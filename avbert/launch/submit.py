@@ -18,8 +18,8 @@ code, time limit and signal, and the launcher waits for it.
 
 from __future__ import annotations
 
+import os
 import shlex
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -157,19 +157,31 @@ def local_executor(res: Resources, profile: Profile, folder: Path, code_dir: Pat
     return executor
 
 
-def run_local(planned: PlannedCell, profile: Profile, folder: Path, code_dir: Path,
-              on_submit: Callable[[Submitted], None], on_progress: Callable[[Cell], None]) -> Optional[str]:
-    """Run one cell on this machine and wait; returns None on success, else the error's last line."""
+def start_local(planned: PlannedCell, profile: Profile, folder: Path, code_dir: Path,
+                on_submit: Callable[[Submitted], None]):
+    """Start one cell on this machine (submitit's local executor); returns its job."""
     cell = planned.cell
     prepare_run_dir(cell)
     job = local_executor(cell.resources, profile, folder, code_dir).submit(make_job(cell))
     on_submit(Submitted(cell, job.job_id, cell.job_name, str(job.paths.stdout)))
-    while not job.done():
-        on_progress(cell)
-        time.sleep(1.0)
+    return job
+
+
+def local_error(job) -> Optional[str]:
+    """None when a finished local job succeeded, else its error's last line."""
     try:
         job.result()
     except Exception as err:  # the job's traceback, re-raised by submitit
         lines = [line for line in str(err).splitlines() if line.strip()]
         return lines[-1] if lines else type(err).__name__
     return None
+
+
+def local_slots(profile: Profile, cores: Optional[int] = None) -> int:
+    """How many cells run side by side on this machine: its usable cores over the cores
+    one job takes (``cpus_per_task`` x ``tasks_per_node`` of the profile), at least one.
+    A cell that asks for GPUs runs alone (``launcher``): the local executor does not
+    share GPUs out."""
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    per_job = max(1, (profile.cpus_per_task or 1) * max(1, profile.tasks_per_node))
+    return max(1, cores // per_job)
