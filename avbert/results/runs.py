@@ -33,6 +33,7 @@ from avbert.rundir import (
     EVAL,
     METRICS,
     STATUS,
+    RunState,
     job_state_kind,
     read_json,
     read_jsonl,
@@ -118,14 +119,14 @@ def stage_state(run: StageRun, job_state: Optional[str] = None, needs_eval: bool
     """
     job = job_state_kind(job_state)
     status = ((run.status or {}).get("state") or "").lower()
-    if run.eval is not None or (status == "completed" and not needs_eval):
+    if run.eval is not None or (status == RunState.COMPLETED and not needs_eval):
         return "done"
-    if job == "failed" or (status == "failed" and job not in ("pending", "running", "preempted")):
+    if job == "failed" or (status == RunState.FAILED and job not in ("pending", "running", "preempted")):
         return "failed"
-    if status == "completed":  # a downstream stage between training and its evaluation
+    if status == RunState.COMPLETED:  # a downstream stage between training and its evaluation
         return "failed" if job == "completed" else "running"
-    if status in ("running", "preempted"):
-        return status
+    if status in (RunState.RUNNING, RunState.PREEMPTED):
+        return str(RunState(status))
     if job in ("running", "pending", "preempted"):
         return job
     return "running" if run.exists else "missing"
@@ -151,13 +152,13 @@ def stage_peak_mem_gb(run: StageRun) -> Optional[float]:
 
 def stage_detail(run: StageRun, state: str) -> str:
     """A short human note: progress of a running stage, the error of a failed one."""
-    if state == "running" and (run.status or {}).get("state") == "completed":
+    if state == "running" and (run.status or {}).get("state") == RunState.COMPLETED:
         return f"{run.stage} evaluating"
     if state in ("running", "preempted") and run.step is not None:
         return f"{run.stage} {run.step}/{run.total_steps if run.total_steps is not None else '?'}"
     if state == "failed":
         error = (run.status or {}).get("error")
-        if not error and (run.status or {}).get("state") == "completed":
+        if not error and (run.status or {}).get("state") == RunState.COMPLETED:
             error = "ended without eval.json"
         return f"{run.stage}: {error}" if error else run.stage
     if state in ("pending", "missing"):

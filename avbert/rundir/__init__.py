@@ -21,9 +21,9 @@ launcher, ``tools/status.py`` and ``collect`` read them.
 from avbert.rundir.files import (CONFIG, EVAL, INDEX, JOURNAL, METRICS, STATUS, file_sha256, read_json,
                                  read_jsonl, read_yaml_mapping, replaced_on_success, write_json, write_text)
 from avbert.rundir.state import (FAILED_JOB_STATES, LIVE_JOB_STATES, PENDING_JOB_STATES, PREEMPTED_JOB_STATES,
-                                 RUNNING_JOB_STATES, job_state_kind)
+                                 RUNNING_JOB_STATES, RunState, job_state_kind)
 
 __all__ = ["CONFIG", "EVAL", "INDEX", "JOURNAL", "METRICS", "STATUS", "file_sha256", "read_json", "read_jsonl",
            "read_yaml_mapping", "replaced_on_success", "write_json", "write_text", "FAILED_JOB_STATES",
            "LIVE_JOB_STATES", "PENDING_JOB_STATES", "PREEMPTED_JOB_STATES", "RUNNING_JOB_STATES",
-           "job_state_kind"]
+           "RunState", "job_state_kind"]

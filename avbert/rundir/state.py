@@ -1,4 +1,5 @@
-"""What the scheduler's job states mean for a cell: one classification for the launcher,
+"""What a cell's states mean: the run's own (``RunState``, in ``status.json``) and the
+scheduler's (``job_state_kind``), one vocabulary for the engine, the launcher,
 ``tools/status.py`` and ``collect``.
 
 Slurm's states (``squeue``/``sacct``, upper case) and ``SUBMITTED`` (a job the scheduler
@@ -10,7 +11,23 @@ checkpoint), ended badly (``failed``); and ``COMPLETED``.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Optional
+
+
+class RunState(str, Enum):
+    """A run's own word on itself, ``status.json``'s ``state``: the engine writes it, the
+    launcher, ``tools/status.py`` and ``collect`` read it (each beside the scheduler's
+    state, classified by ``job_state_kind``). A ``str``: it is written and compared as the
+    plain word."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PREEMPTED = "preempted"  # stopped on a signal after a complete checkpoint, to be requeued
+
+    def __str__(self) -> str:
+        return self.value
 
 PENDING_JOB_STATES = frozenset({"PENDING", "SUBMITTED", "CONFIGURING", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED",
                                 "RESIZING"})
