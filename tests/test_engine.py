@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from avbert.config import load_config
 from avbert.data.sampler import INLINE_BYTES, ResumableLoader, collate, epoch_order, rank_shard
 from avbert.train import checkpoint as ckpt
+from avbert.train import reshard
 from avbert.train.ds_config import REDUCE_BUCKET_ELEMENTS, build_ds_config, build_optimizer, parameter_groups
 from avbert.train.metrics import IntervalMeans, MetricsFile, combine_counts, read_metrics
 from avbert.train.schedule import lr_at, set_lr
@@ -255,11 +256,11 @@ def test_resume_with_other_world_size_or_stage_is_refused_naming_both(tmp_path, 
     fake_checkpoint(tmp_path, 10, world_size=2, zero_stage=2)
     info = ckpt.latest_complete(tmp_path)
     with pytest.raises(ckpt.CheckpointMismatchError) as err:
-        ckpt.check_compatible(info, world_size, zero_stage)
+        reshard.check_compatible(info, world_size, zero_stage)
     text = str(err.value)
     assert "world size 2 and ZeRO stage 2" in text
     assert f"world size {world_size} and ZeRO stage {zero_stage}" in text
-    ckpt.check_compatible(info, 2, 2)
+    reshard.check_compatible(info, 2, 2)
 
 
 def test_prune_keeps_newest_complete_and_deletes_only_older(tmp_path):

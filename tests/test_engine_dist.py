@@ -78,6 +78,9 @@ def rank_main(run_dir: str, mode: str) -> None:
         raise
     record = {"status": outcome.status, "step": outcome.step}
     Path(run_dir, f"outcome_{env.rank}.json").write_text(json.dumps(record))
+    # A gloo process group left to the interpreter's exit can abort a rank ("terminate called
+    # without an active exception") while its peer still tears down its own.
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -29,14 +29,16 @@ OVERRIDES = [
 ]
 
 
-def pretrain(run_dir: Path, nproc: int = 2, fault: str | None = None) -> subprocess.CompletedProcess:
+def pretrain(run_dir: Path, nproc: int = 2, fault: str | None = None, extra: tuple[str, ...] = ()
+             ) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", ckpt.FAULT_ENV):
         env.pop(key, None)
     if fault:
         env[ckpt.FAULT_ENV] = fault
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
-    command = [sys.executable, *launcher, "-m", "avbert.train", "pretrain", *OVERRIDES, f"train.run_dir={run_dir}"]
+    command = [sys.executable, *launcher, "-m", "avbert.train", "pretrain", *OVERRIDES, *extra,
+               f"train.run_dir={run_dir}"]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -91,11 +93,13 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(reference
 
 
 @pytest.mark.slow
-def test_resume_with_another_world_size_is_refused(reference, tmp_path):
+def test_resume_with_another_zero_stage_is_refused(reference, tmp_path):
+    """Another world size resumes (tests/test_resume_world_size.py); another ZeRO stage is refused,
+    naming both shapes, and never starts afresh."""
     run_dir = tmp_path / "copy"
     shutil.copytree(reference, run_dir)
-    result = pretrain(run_dir, nproc=1)
+    result = pretrain(run_dir, extra=("train.zero_stage=1",))
     assert result.returncode == 1
     assert "world size 2 and ZeRO stage 2" in result.stderr
-    assert "world size 1 and ZeRO stage 2" in result.stderr
+    assert "world size 2 and ZeRO stage 1" in result.stderr
     assert read_status(run_dir)["state"] == "failed"

@@ -4,8 +4,9 @@ Each stage is a subcommand sharing ``--config`` and the overrides; the
 subcommand sets ``stage``. Rank and world size come from the environment
 (``torchrun``, or the Slurm launcher's exported variables), so the same
 command runs as one process or as one rank of many. A configuration error
-exits with code 2 and its message; a non-finite loss, or a checkpoint
-written by a job of another world size or ZeRO stage, exits with code 1.
+exits with code 2 and its message; a non-finite loss, or a checkpoint that
+cannot be resumed or written (``avbert.train.checkpoint.CheckpointError``: another
+ZeRO stage, damaged files, a full disk), exits with code 1 and its message.
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from avbert.train import run_stage
-    from avbert.train.checkpoint import CheckpointMismatchError
+    from avbert.train.checkpoint import CheckpointError
     from avbert.train.engine import NonFiniteLossError
 
     try:
         outcome = run_stage(cfg)
-    except (NonFiniteLossError, CheckpointMismatchError) as err:
+    except (NonFiniteLossError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:

@@ -121,6 +121,20 @@ def broadcast_from_main(obj):
     return holder[0]
 
 
+def gather_from_all(obj) -> list:
+    """Every rank's picklable ``obj``, in rank order, on every rank."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return [obj]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def rank_hosts() -> list[str]:
+    """The host name each rank runs on, in rank order (every rank must call it)."""
+    return gather_from_all(socket.gethostname())
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.barrier()

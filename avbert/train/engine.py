@@ -7,18 +7,27 @@ does the rest:
 - DeepSpeed with the configured ZeRO stage, precision, gradient accumulation
   and clipping; a torch AdamW whose learning rate is set every iteration from
   the warm-up + cosine schedule;
-- resumption from the newest complete checkpoint of the run directory
-  (refused when the world size or ZeRO stage differ);
+- resumption from the newest checkpoint of the run directory whose files all
+  match the sizes and SHA-256 its completion marker recorded (newer ones that
+  do not are named in the log with the reason); at another world size through
+  DeepSpeed's universal checkpoint (ZeRO 1/2) or directly (ZeRO 0), the data
+  order continuing where the epoch stopped (``reshard.regrid_loader_state``);
+  refused for another ZeRO stage, and for ZeRO 3 at another world size;
 - one collective per step (all_reduce MAX) that agrees on two things: whether
   any rank saw a non-finite loss term (the run stops with an error naming the
   step and the terms, without saving) and whether any rank was asked to
   checkpoint and exit (all ranks save, and the outcome is ``preempted``);
+- checkpoints that all ranks agree were written before rank 0 marks them
+  complete: a save that fails on any rank (a full disk) stops every rank with
+  ``CheckpointSaveError`` naming the checkpoint and the cause, removes the
+  partial folder, and leaves the previous complete checkpoint as the latest;
 - metrics, status and progress; at the end a final checkpoint and an fp32
   export that loads without DeepSpeed.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -32,11 +41,13 @@ from torch import nn
 from avbert.config import Config, dump_yaml, to_dict
 from avbert.rundir import file_sha256
 from avbert.train import checkpoint as ckpt
+from avbert.train import reshard
 from avbert.train.distributed import (
     DistEnv,
     all_reduce_max,
     barrier,
     broadcast_from_main,
+    rank_hosts,
 )
 from avbert.train.ds_config import build_ds_config, build_optimizer
 from avbert.train.metrics import (
@@ -49,6 +60,8 @@ from avbert.train.metrics import (
 )
 from avbert.train.progress import ProgressReporter
 from avbert.train.schedule import lr_at, set_lr
+
+logger = logging.getLogger(__name__)
 
 ExportFn = Callable[[dict], dict]  # fp32 state_dict of the trained module -> contents of export/model.pt
 
@@ -98,14 +111,17 @@ def grad_norm(module: nn.Module) -> torch.Tensor:
     return torch.stack(norms).norm() if norms else torch.zeros(())
 
 
-def initialize_engine(cfg: Config, module: nn.Module, env: DistEnv):
-    """DeepSpeed engine around ``module`` with a torch AdamW."""
+def initialize_engine(cfg: Config, module: nn.Module, env: DistEnv, load_universal: bool = False):
+    """DeepSpeed engine around ``module`` with a torch AdamW; ``load_universal``: one that loads
+    a universal checkpoint (a ZeRO checkpoint of another world size)."""
     import deepspeed
 
     module.to(env.device)
     optimizer = build_optimizer(module, cfg.optim)
-    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer,
-                                      config=build_ds_config(cfg, env.world_size))
+    config = build_ds_config(cfg, env.world_size)
+    if load_universal:
+        config["checkpoint"] = {"load_universal": True}
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
     if cfg.train.compile:
         engine.compile()  # torch.compile of the module's forward, inside DeepSpeed's hooks
     return engine
@@ -124,7 +140,11 @@ class Trainer:
         self.should_exit = should_checkpoint_and_exit or (lambda: False)
         self.manual_grad_norm = cfg.train.zero_stage == 0  # DeepSpeed reports no norm without ZeRO
         self._prepare_run_dir()
-        self.engine = initialize_engine(cfg, module, env)
+        self.resume_from = self._find_resume_point()
+        self.resume_mode = (reshard.resume_mode(self.resume_from, env.world_size, cfg.train.zero_stage)
+                            if self.resume_from else reshard.SAME)
+        self.engine = initialize_engine(cfg, module, env, load_universal=self.resume_mode == reshard.UNIVERSAL)
+        self.hosts = rank_hosts()  # in status.json: where each rank ran
         seed_rank(cfg.train.seed, env.rank)
         self.metrics = MetricsFile(self.run_dir, env.is_main)
         self.means = IntervalMeans()
@@ -145,22 +165,69 @@ class Trainer:
             dump_yaml(self.cfg, self.run_dir / "config.yaml")
         barrier()
 
+    def _find_resume_point(self) -> Optional[ckpt.CheckpointInfo]:
+        """The checkpoint to resume, as rank 0 verified it; the ones passed over are logged."""
+        point = broadcast_from_main(self._main_only(ckpt.resume_point, self.run_dir))
+        if isinstance(point, ckpt.CheckpointError):
+            raise type(point)(str(point))
+        if self.env.is_main:
+            for line in point.report():
+                logger.warning(line)
+        return point.info
+
+    def _main_only(self, function, *args):
+        """``function(*args)`` on rank 0 (None elsewhere); a ``CheckpointError`` is returned, not raised,
+        so that it reaches every rank through the broadcast that follows and every rank raises it."""
+        if not self.env.is_main:
+            return None
+        try:
+            return function(*args)
+        except ckpt.CheckpointError as err:
+            return err
+
     def _resume(self) -> int:
-        """Load the newest complete checkpoint, if any; return the step to continue from."""
-        info = broadcast_from_main(ckpt.latest_complete(self.run_dir))
+        """Load ``self.resume_from``, if any; return the step to continue from."""
+        info = self.resume_from
         if info is None:
             return 0
-        ckpt.check_compatible(info, self.env.world_size, self.cfg.train.zero_stage)
-        loaded, _ = self.engine.load_checkpoint(str(info.path), tag=ckpt.DS_TAG, load_optimizer_states=True,
+        if self.resume_mode == reshard.UNIVERSAL:
+            tag = broadcast_from_main(self._main_only(lambda: reshard.universal_checkpoint(info).name))
+            if isinstance(tag, ckpt.CheckpointError):
+                raise type(tag)(str(tag))
+        else:
+            tag = ckpt.DS_TAG
+        loaded, _ = self.engine.load_checkpoint(str(info.path), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)
         if loaded is None:
-            raise FileNotFoundError(f"DeepSpeed found no loadable state in {info.path / ckpt.DS_TAG}")
-        marker = ckpt.read_marker(info.path, self.env.rank)
-        self.loader.load_state_dict(marker["loader"])
-        ckpt.load_rank_rng(info.path, self.env.rank)
+            raise FileNotFoundError(f"DeepSpeed found no loadable state in {info.path / tag}")
+        if self.resume_mode == reshard.UNIVERSAL:
+            reshard.load_buffers(self.engine.module, info.path / tag)
+        marker = ckpt.read_marker(info.path, 0 if self.resume_mode != reshard.SAME else self.env.rank)
+        if self.resume_mode == reshard.SAME:
+            self.loader.load_state_dict(marker["loader"])
+            ckpt.load_rank_rng(info.path, self.env.rank)
+        else:
+            self._resume_regridded(info)
         self.elapsed_before = float(marker.get("elapsed_s", 0.0))
         self.metrics.truncate_after(info.step)
         return info.step
+
+    def _resume_regridded(self, info: ckpt.CheckpointInfo) -> None:
+        """Data position and randomness of this rank when the checkpoint has another world size."""
+        batch_size = getattr(self.loader, "batch_size", self.cfg.data.batch_size)
+        state, repeated = reshard.regrid_loader_state(info.path, self.env.rank, self.env.world_size, batch_size)
+        self.loader.load_state_dict(state)
+        if self.env.rank < info.world_size:
+            ckpt.load_rank_rng(info.path, self.env.rank)
+        else:  # a rank the checkpoint has no random state for: seeded from (seed, step, rank)
+            seed_rank(self.cfg.train.seed * 1_000_003 + info.step, self.env.rank)
+        if self.env.is_main:
+            again = (f"the last {repeated} samples consumed of it are seen again" if repeated
+                     else "no sample of it is repeated or skipped")
+            logger.warning(
+                f"resuming {info.path} (written by world size {info.world_size}) with world size "
+                f"{self.env.world_size} ({self.resume_mode} load): epoch {state['epoch']} continues at sample "
+                f"{state['position'] * self.env.world_size * batch_size} of its order; {again}")
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> TrainOutcome:
@@ -258,7 +325,7 @@ class Trainer:
             if self.manifest_sha256 is None and self.cfg.data.source == "manifest" and self.cfg.data.manifest:
                 self.manifest_sha256 = file_sha256(self.cfg.data.manifest)
             write_status(self.run_dir, state, self.step, self.total, self.last_record.get("loss"),
-                         device=self.env.device.type, world_size=self.env.world_size,
+                         device=self.env.device.type, world_size=self.env.world_size, hosts=self.hosts,
                          manifest_sha256=self.manifest_sha256, **extra)
 
     def _outcome(self, status: str, export_path: Optional[str] = None) -> TrainOutcome:
@@ -266,23 +333,62 @@ class Trainer:
 
     # -- checkpoints and export -------------------------------------------------------------
     def _save(self) -> None:
-        """All ranks save together; each rank's marker comes last; then old ones are pruned."""
+        """All ranks save; once they agree every rank's files are written, rank 0 writes the
+        completion marker; then old checkpoints are pruned. A failure on any rank stops all."""
         path, rank = ckpt.step_dir(self.run_dir, self.step), self.env.rank
+        error = None
         if self.env.is_main:
-            ckpt.clear_step_dir(path)
-            path.mkdir(parents=True)
-        barrier()
-        self.engine.save_checkpoint(str(path), tag=ckpt.DS_TAG, save_latest=False)
-        if self.env.is_main:
-            dump_yaml(self.cfg, path / "config.yaml")
+            try:
+                ckpt.clear_step_dir(path)
+                path.mkdir(parents=True)
+            except Exception as err:  # noqa: BLE001 - every rank must learn of it, see _agree_saved
+                error = err
+        self._agree_saved(path, error)
         marker = {"step": self.step, "world_size": self.env.world_size, "zero_stage": self.cfg.train.zero_stage,
                   "rank": rank, "precision": self.cfg.train.precision, "loader": self.loader.state_dict(),
+                  "batch_size": getattr(self.loader, "batch_size", None),
                   "elapsed_s": self._elapsed(time.time()), "saved_unix": time.time()}
-        ckpt.save_rank_files(path, rank, marker)
+        try:
+            self.engine.save_checkpoint(str(path), tag=ckpt.DS_TAG, save_latest=False)
+        except Exception as err:  # noqa: BLE001
+            error = err
+            # DeepSpeed's save ends with a barrier the other ranks are waiting in; writes are
+            # the only thing that can fail after its earlier collectives.
+            barrier()
+        if error is None:
+            try:
+                if self.env.is_main:
+                    dump_yaml(self.cfg, path / "config.yaml")
+                ckpt.save_rank_files(path, rank, marker)
+            except Exception as err:  # noqa: BLE001
+                error = err
+        self._agree_saved(path, error)
+        if self.env.is_main:
+            try:
+                ckpt.write_completion_marker(path, marker)
+            except Exception as err:  # noqa: BLE001
+                error = err
+        self._agree_saved(path, error)
+        # The save's last collective holds no tensor of ours: gloo keeps the tensors of the last
+        # all_reduce alive in its worker threads, and a process that exits without destroying
+        # its process group can then abort while the interpreter shuts down.
         barrier()
         ckpt.fault_point("after_checkpoint", self.step, rank)
         if self.env.is_main:
             ckpt.prune(self.run_dir, self.cfg.train.keep_checkpoints)
+
+    def _agree_saved(self, path: Path, error: Optional[BaseException]) -> None:
+        """Collective: raise ``CheckpointSaveError`` on every rank if the save failed on any."""
+        local = torch.tensor([float(error is not None), float(ckpt.is_no_space(error, path))])
+        failed, no_space = all_reduce_max(local.to(self.env.device)).cpu().tolist()
+        if not failed:
+            return
+        free = ckpt.free_bytes(path)
+        barrier()  # every rank has measured the space left before the partial checkpoint goes
+        if self.env.is_main:
+            ckpt.remove_partial(path)  # frees the space a full disk needs for status.json
+        latest = ckpt.latest_complete(self.run_dir)
+        raise ckpt.CheckpointSaveError(ckpt.save_failure_message(path, error, bool(no_space), latest, free))
 
     def _export(self) -> Optional[str]:
         """fp32 weights of the final checkpoint to ``export/model.pt`` (main rank)."""
@@ -305,8 +411,10 @@ def run_training(cfg: Config, module: nn.Module, loader, env: DistEnv, make_expo
     """Train ``module`` on ``loader`` as ``cfg.train`` says, resuming the run directory if it has a checkpoint.
 
     Every rank calls this. Raises ``NonFiniteLossError`` when a loss term
-    turns non-finite and ``CheckpointMismatchError`` when the run directory's
-    checkpoint comes from another world size or ZeRO stage; ``status.json``
+    turns non-finite, ``CheckpointMismatchError`` when the run directory's
+    checkpoint comes from another world size or ZeRO stage,
+    ``CheckpointDamagedError`` when its checkpoints all fail verification and
+    ``CheckpointSaveError`` when a checkpoint cannot be written; ``status.json``
     then says ``failed``.
     """
     try:

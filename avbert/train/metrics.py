@@ -130,7 +130,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 def write_status(run_dir: str | Path, state: str, step: int, total_steps: int,
                  loss: Optional[float] = None, **extra) -> None:
     """``status.json``: state, step, total steps, last loss, update time, and what ``extra``
-    adds (the engine: the device type and the world size; a failure: the error)."""
+    adds (the engine: the device type, the world size and each rank's host name, in rank
+    order; a failure: the error)."""
     record = {"state": state, "step": step, "total_steps": total_steps, "loss": loss,
               "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "updated_unix": time.time(), **extra}
     write_json(Path(run_dir) / STATUS, record)
