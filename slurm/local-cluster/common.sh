@@ -12,6 +12,19 @@ CONF_MARKER="# avbert-suite slurm/local-cluster: generated file"
 # Daemons in stop order (the reverse of start order).
 DAEMONS_STOP_ORDER=(slurmd slurmctld slurmdbd mariadbd munged)
 
+# Multi-node mode (start.sh --nodes N, N >= 2): node i is a slurmd named $NODE_PREFIX$i in the
+# network namespace of the same name, with its own hostname (UTS namespace), on a veth link to
+# the host bridge $NODE_BRIDGE. The bridge holds $NODE_NET.1 (slurmctld's address); node i has
+# $NODE_NET.$((i + 1)). The node names resolve through marked lines in /etc/hosts.
+NODE_PREFIX=avbert-node
+NODE_BRIDGE=avbert-br0
+NODE_VETH_PREFIX=avbert-veth
+NODE_NET="${AVBERT_SLURM_NET:-10.213.0}"
+# What start.sh created for the node network, one object a line ("netns NAME", "link NAME"),
+# preceded by a "# net=... nodes=..." line; stop.sh and a 1-node start.sh remove exactly these.
+NODE_NET_RECORD="$BASE/run/node-network"
+HOSTS_MARKER="# avbert-suite slurm/local-cluster node (base $BASE)"
+
 log()  { echo "[local-cluster] $*"; }
 warn() { echo "[local-cluster] WARNING: $*" >&2; }
 die()  { echo "[local-cluster] ERROR: $*" >&2; exit 1; }
@@ -92,4 +105,61 @@ up_or_dead() {
     # Death first: a client command against a dead daemon's port can block for seconds.
     if [[ -s $pidfile ]] && ! pid_alive "$name" "$pidfile"; then return 0; fi
     "$@"
+}
+
+# slurmd_pidfiles: the pid file of the single-node slurmd and those of the namespaced ones.
+slurmd_pidfiles() {
+    local f
+    for f in "$BASE/run/slurmd.pid" "$BASE"/run/slurmd-*.pid; do
+        [[ -e $f ]] && echo "$f"
+    done
+    return 0
+}
+
+# stop_all_slurmd: stop every slurmd started from this base (single-node and namespaced).
+stop_all_slurmd() {
+    local f
+    while read -r f; do
+        stop_pidfile slurmd "$f"
+    done < <(slurmd_pidfiles)
+}
+
+# netns_path NAME: the file that names network namespace NAME (as `ip netns add` made it).
+netns_path() {
+    if [[ -e /run/netns/$1 ]]; then echo "/run/netns/$1"; else echo "/var/run/netns/$1"; fi
+}
+
+# remove_hosts_lines: drop the /etc/hosts lines carrying HOSTS_MARKER. The file is rewritten in
+# place, not replaced: in a container /etc/hosts is often a bind mount that cannot be renamed over.
+remove_hosts_lines() {
+    [[ -f /etc/hosts ]] && grep -qF "$HOSTS_MARKER" /etc/hosts || return 0
+    local tmp
+    tmp=$(mktemp)
+    grep -vF "$HOSTS_MARKER" /etc/hosts >"$tmp" || true
+    cat "$tmp" >/etc/hosts || { rm -f "$tmp"; die "could not rewrite /etc/hosts"; }
+    rm -f "$tmp"
+    log "removed the node lines from /etc/hosts"
+}
+
+# teardown_node_network: delete the namespaces and links listed in NODE_NET_RECORD (newest first)
+# and the marked /etc/hosts lines. Stop the namespaced slurmd first. No-op without a record.
+teardown_node_network() {
+    if [[ -f $NODE_NET_RECORD ]]; then
+        local kind name
+        while read -r kind name; do
+            case $kind in
+                link)
+                    if ip link show "$name" >/dev/null 2>&1; then
+                        ip link del "$name" || die "could not delete network link $name"
+                    fi ;;
+                netns)
+                    if [[ -e $(netns_path "$name") ]]; then
+                        ip netns del "$name" || die "could not delete network namespace $name"
+                    fi ;;
+            esac
+        done < <(grep -v '^#' "$NODE_NET_RECORD" | tac)
+        rm -f "$NODE_NET_RECORD"
+        log "removed the node network (namespaces, links, bridge $NODE_BRIDGE)"
+    fi
+    remove_hosts_lines
 }

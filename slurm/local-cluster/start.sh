@@ -1,10 +1,25 @@
 #!/usr/bin/env bash
-# Bring up a real single-node Slurm cluster on localhost, for tests and local runs.
+# Bring up a real Slurm cluster on localhost, for tests and local runs: one node by default,
+# or N nodes in network namespaces (--nodes N).
 #
-#   slurm/local-cluster/start.sh          # install if needed, start, wait until usable
-#   slurm/local-cluster/stop.sh           # stop what this script started
+#   slurm/local-cluster/start.sh             # install if needed, start, wait until usable
+#   slurm/local-cluster/start.sh --nodes 2   # two nodes, each in its own network namespace
+#   slurm/local-cluster/stop.sh              # stop what this script started
 #
 # Daemons: munged, a private mariadbd (accounting DB), slurmdbd, slurmctld, slurmd.
+#
+# --nodes N (N >= 2): N slurmd daemons named avbert-node1..N instead of the one on the host.
+# Each runs in its own network namespace (named like the node) and UTS namespace (hostname =
+# node name), so a job's ranks on different nodes see different hosts and talk over a network,
+# as on a real cluster. Each namespace has a veth link to the host bridge avbert-br0, which
+# holds $AVBERT_SLURM_NET.1 (default 10.213.0.1, slurmctld's address); node i has
+# $AVBERT_SLURM_NET.(i+1). Only this machine's namespaces use the range: nothing is routed.
+# The node names resolve everywhere through marked lines in /etc/hosts (gloo's rendezvous
+# resolves the first node of the job's node list). munged, slurmdbd and slurmctld stay on the
+# host; the namespaced slurmd reach munge through its socket in /run/munge. The partition holds
+# every node; each node offers the whole machine's CPUs (the nodes share them). Switching
+# between 1 and N nodes restarts slurmctld and the slurmd daemons and removes what the other
+# mode made; stop.sh removes the namespaces, links, bridge and /etc/hosts lines.
 # All their state, spool, pid, log and config files live under one base directory:
 #   ${AVBERT_SLURM_BASE:-<repo>/slurm/local-cluster/state}   (git-ignored)
 # The exceptions are munge's own files (key in /etc/munge, socket and pid in /run/munge, log
@@ -18,7 +33,9 @@
 # their generated config changed, in which case they are restarted.
 #
 # Env overrides: AVBERT_SLURM_BASE, AVBERT_SLURM_DB_PORT (default 3316),
-#                AVBERT_SLURM_CLUSTER (default avbert).
+#                AVBERT_SLURM_CLUSTER (default avbert),
+#                AVBERT_SLURM_NET (--nodes N only: the first three octets of the /24 the node
+#                namespaces use, default 10.213.0).
 # Tested with Slurm 22.05 (Debian 12): slurmctld, slurmd and slurmdbd on localhost.
 set -euo pipefail
 
@@ -30,8 +47,31 @@ T_START=$(date +%s.%N)
 DB_PORT="${AVBERT_SLURM_DB_PORT:-3316}"
 CLUSTER="${AVBERT_SLURM_CLUSTER:-avbert}"
 PARTITION=local
+MAX_NODES=16
+
+usage() { die "usage: $0 [--nodes N]   (N from 1 to $MAX_NODES; default 1)"; }
+NNODES=1
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --nodes) [[ $# -ge 2 ]] || usage; NNODES=$2; shift 2 ;;
+        --nodes=*) NNODES=${1#--nodes=}; shift ;;
+        *) usage ;;
+    esac
+done
+if ! [[ $NNODES =~ ^[0-9]+$ ]] || (( 10#$NNODES < 1 || 10#$NNODES > MAX_NODES )); then usage; fi
+NNODES=$((10#$NNODES))
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (the cluster runs SlurmUser=root)"
+
+if (( NNODES > 1 )); then
+    if ! [[ $NODE_NET =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$ ]] \
+        || (( 10#${BASH_REMATCH[1]} > 255 || 10#${BASH_REMATCH[2]} > 255 || 10#${BASH_REMATCH[3]} > 255 )); then
+        die "AVBERT_SLURM_NET='$NODE_NET' is not the first three octets of a /24 (e.g. 10.213.0)"
+    fi
+    for bin in ip nsenter unshare hostname; do
+        command -v "$bin" >/dev/null 2>&1 || die "--nodes $NNODES needs '$bin' (iproute2 / util-linux), which is not on PATH"
+    done
+fi
 
 # One cluster per machine (fixed Slurm ports, one /etc/slurm): refuse to start a second one
 # from another base directory while the one that /etc/slurm/slurm.conf points at runs.
@@ -85,6 +125,22 @@ chmod 755 "$BASE" "$BASE"/{etc,log,run,spool}
 HOST=$(hostname -s)
 [[ -n $HOST ]] || die "hostname -s is empty"
 
+# The compute nodes: the host itself, or NNODES namespaced nodes with their addresses.
+NODES=()
+declare -A NODE_ADDR=()
+if (( NNODES == 1 )); then
+    NODES=("$HOST")
+    NODE_ADDR[$HOST]=127.0.0.1
+    CTLD_ADDR=127.0.0.1
+else
+    for ((i = 1; i <= NNODES; i++)); do
+        NODES+=("$NODE_PREFIX$i")
+        NODE_ADDR[$NODE_PREFIX$i]="$NODE_NET.$((i + 1))"
+        mkdir -p "$BASE/spool/slurmd-$NODE_PREFIX$i"
+    done
+    CTLD_ADDR="$NODE_NET.1"
+fi
+
 # Node hardware as slurmd itself sees it, so the node never drains on a mismatch. Keep the
 # topology fields (CPUs, Boards, Sockets, Cores, Threads) verbatim; RealMemory becomes ~90%.
 hw=$(slurmd -C 2>/dev/null | head -n1) || die "slurmd -C failed"
@@ -119,22 +175,43 @@ write_if_changed() {
     return 0
 }
 
+# One slurmd per node: with several nodes their spool, pid and log files carry the node name
+# (slurmd replaces %n with it).
+if (( NNODES == 1 )); then SLURMD_SUFFIX=""; else SLURMD_SUFFIX="-%n"; fi
+node_lines() {
+    local node
+    for node in "${NODES[@]}"; do
+        echo "NodeName=$node NodeAddr=${NODE_ADDR[$node]} ${NODE_TOPO}RealMemory=$REAL_MEM State=UNKNOWN"
+    done
+}
+NODE_LIST=$(IFS=,; echo "${NODES[*]}")
+
+# Switching between 1 and N nodes removes the running nodes from the cluster, and with them
+# any job on them: refuse while the running cluster has jobs queued or running.
+old_nodes=$(sed -n 's/^PartitionName=.* Nodes=\([^ ]*\) .*/\1/p' "$BASE/etc/slurm.conf" 2>/dev/null || true)
+if [[ -n $old_nodes && $old_nodes != "$NODE_LIST" ]] && pid_alive slurmctld "$BASE/run/slurmctld.pid"; then
+    queued=$(SLURM_CONF="$BASE/etc/slurm.conf" timeout 20 squeue -h -o %i 2>/dev/null | paste -sd ' ' || true)
+    if [[ -n $queued ]]; then
+        die "the running cluster (nodes $old_nodes) has jobs queued or running: $queued; switching to nodes $NODE_LIST would lose them: wait for them or scancel them first"
+    fi
+fi
+
 if write_if_changed "$BASE/etc/slurm.conf" 644 <<EOF
 $CONF_MARKER
 # Generated by slurm/local-cluster/start.sh; base directory $BASE. Do not edit: rewritten on start.
 ClusterName=$CLUSTER
-SlurmctldHost=$HOST(127.0.0.1)
+SlurmctldHost=$HOST($CTLD_ADDR)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 # Short credential lifetime: a requeued job restarts in ~20 s instead of ~2 min.
 AuthInfo=cred_expire=10
 StateSaveLocation=$BASE/spool/slurmctld
-SlurmdSpoolDir=$BASE/spool/slurmd
+SlurmdSpoolDir=$BASE/spool/slurmd$SLURMD_SUFFIX
 SlurmctldPidFile=$BASE/run/slurmctld.pid
-SlurmdPidFile=$BASE/run/slurmd.pid
+SlurmdPidFile=$BASE/run/slurmd$SLURMD_SUFFIX.pid
 SlurmctldLogFile=$BASE/log/slurmctld.log
-SlurmdLogFile=$BASE/log/slurmd.log
+SlurmdLogFile=$BASE/log/slurmd$SLURMD_SUFFIX.log
 SlurmctldDebug=info
 SlurmdDebug=info
 # No cgroup tree to manage processes in here: plain process tracking, no task binding.
@@ -153,8 +230,8 @@ JobAcctGatherFrequency=30
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 JobCompType=jobcomp/none
-NodeName=$HOST NodeAddr=127.0.0.1 ${NODE_TOPO}RealMemory=$REAL_MEM State=UNKNOWN
-PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+$(node_lines)
+PartitionName=$PARTITION Nodes=$NODE_LIST Default=YES MaxTime=INFINITE State=UP
 EOF
 then changed_ctld=1; fi
 
@@ -306,13 +383,86 @@ fi
 
 # --- slurmctld and slurmd --------------------------------------------------------------------
 if [[ $changed_ctld -eq 1 ]]; then
-    for d in slurmd slurmctld; do
-        if pid_alive "$d" "$BASE/run/$d.pid"; then
-            log "slurm.conf changed: restarting $d"
-            stop_pidfile "$d" "$BASE/run/$d.pid"
+    while read -r pidfile; do
+        if pid_alive slurmd "$pidfile"; then
+            log "slurm.conf changed: restarting slurmd ($(basename "$pidfile" .pid))"
+            stop_pidfile slurmd "$pidfile"
+        fi
+    done < <(slurmd_pidfiles)
+    if pid_alive slurmctld "$BASE/run/slurmctld.pid"; then
+        log "slurm.conf changed: restarting slurmctld"
+        stop_pidfile slurmctld "$BASE/run/slurmctld.pid"
+    fi
+fi
+# slurmd daemons of the other mode (left by an earlier run with another --nodes) go.
+while read -r pidfile; do
+    node=$(basename "$pidfile" .pid)
+    node=${node#slurmd}
+    node=${node#-}
+    if (( NNODES == 1 )) && [[ -z $node ]]; then continue; fi
+    if (( NNODES > 1 )) && [[ -n $node && -n ${NODE_ADDR[$node]:-} ]]; then continue; fi
+    stop_pidfile slurmd "$pidfile"
+done < <(slurmd_pidfiles)
+
+# --- node network (--nodes N): bridge, one namespace + veth link per node, /etc/hosts --------
+NET_SPEC="# net=$NODE_NET nodes=$NNODES"
+if (( NNODES == 1 )); then
+    teardown_node_network
+else
+    if [[ -f $NODE_NET_RECORD ]] && [[ $(head -n1 "$NODE_NET_RECORD") != "$NET_SPEC" ]]; then
+        teardown_node_network
+    fi
+    # The range must be ours alone: no address or route in it on another interface.
+    while read -r dev addr; do
+        if [[ $dev != "$NODE_BRIDGE" && ${addr%/*} == "$NODE_NET".* ]]; then
+            die "address range $NODE_NET.0/24 is in use on $dev ($addr); choose another with AVBERT_SLURM_NET=a.b.c"
+        fi
+    done < <(ip -4 -o addr show | awk '{print $2, $4}')
+    while read -r route; do
+        if [[ -n $route && $route != *" dev $NODE_BRIDGE "* && $route != *" dev $NODE_BRIDGE" ]]; then
+            die "a route into $NODE_NET.0/24 exists outside $NODE_BRIDGE ($route); choose another range with AVBERT_SLURM_NET=a.b.c"
+        fi
+    done < <(ip -4 route show root "$NODE_NET.0/24")
+
+    [[ -f $NODE_NET_RECORD ]] || echo "$NET_SPEC" >"$NODE_NET_RECORD"
+    record() { grep -qxF "$1" "$NODE_NET_RECORD" || echo "$1" >>"$NODE_NET_RECORD"; }
+    if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
+        log "creating bridge $NODE_BRIDGE ($CTLD_ADDR/24)"
+        err=$(ip link add "$NODE_BRIDGE" type bridge 2>&1) || die "could not create bridge $NODE_BRIDGE: $err"
+    fi
+    record "link $NODE_BRIDGE"
+    if ! ip -4 -o addr show dev "$NODE_BRIDGE" | grep -qF " $CTLD_ADDR/24 "; then
+        err=$(ip addr add "$CTLD_ADDR/24" dev "$NODE_BRIDGE" 2>&1) || die "could not give $NODE_BRIDGE address $CTLD_ADDR/24: $err"
+    fi
+    ip link set "$NODE_BRIDGE" up || die "could not bring up $NODE_BRIDGE"
+    for ((i = 1; i <= NNODES; i++)); do
+        node=${NODES[i - 1]} veth=$NODE_VETH_PREFIX$i addr=${NODE_ADDR[${NODES[i - 1]}]}
+        if [[ ! -e $(netns_path "$node") ]]; then
+            log "creating network namespace $node ($addr)"
+            err=$(ip netns add "$node" 2>&1) || die "could not create network namespace $node (ip netns add: $err); --nodes needs root with CAP_SYS_ADMIN and network namespaces"
+        fi
+        record "netns $node"
+        if ! ip link show "$veth" >/dev/null 2>&1; then
+            err=$(ip link add "$veth" type veth peer name eth0 netns "$node" 2>&1) \
+                || die "could not create the veth link $veth <-> $node:eth0: $err"
+        fi
+        record "link $veth"
+        { ip link set "$veth" master "$NODE_BRIDGE" && ip link set "$veth" up \
+            && ip -n "$node" link set lo up && ip -n "$node" link set eth0 up; } \
+            || die "could not bring up the link $veth <-> $node:eth0"
+        if ! ip -n "$node" -4 -o addr show dev eth0 | grep -qF " $addr/24 "; then
+            err=$(ip -n "$node" addr add "$addr/24" dev eth0 2>&1) || die "could not give $node:eth0 address $addr/24: $err"
         fi
     done
+    # Node names resolve on the host and in every namespace (they share /etc/hosts).
+    hosts_want=$(for node in "${NODES[@]}"; do echo "${NODE_ADDR[$node]} $node $HOSTS_MARKER"; done)
+    if [[ $(grep -F "$HOSTS_MARKER" /etc/hosts 2>/dev/null) != "$hosts_want" ]]; then
+        remove_hosts_lines
+        echo "$hosts_want" >>/etc/hosts || die "could not add the node names to /etc/hosts"
+        log "added ${NODES[*]} to /etc/hosts"
+    fi
 fi
+
 ctld_ok() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
 if ! pid_alive slurmctld "$BASE/run/slurmctld.pid"; then
     rm -f "$BASE/run/slurmctld.pid"
@@ -322,33 +472,56 @@ fi
 wait_for 30 "slurmctld to answer" up_or_dead slurmctld "$BASE/run/slurmctld.pid" ctld_ok && ctld_ok \
     || die_log "slurmctld does not answer" "$BASE/log/slurmctld.log"
 
-if ! pid_alive slurmd "$BASE/run/slurmd.pid"; then
-    rm -f "$BASE/run/slurmd.pid"
-    log "starting slurmd"
-    slurmd </dev/null >>"$BASE/log/slurmd.log" 2>&1 || die_log "slurmd failed to start" "$BASE/log/slurmd.log"
-fi
+# slurmd_pidfile/slurmd_log NODE: where that node's slurmd writes (see SlurmdPidFile).
+slurmd_pidfile() { if (( NNODES == 1 )); then echo "$BASE/run/slurmd.pid"; else echo "$BASE/run/slurmd-$1.pid"; fi; }
+slurmd_log() { if (( NNODES == 1 )); then echo "$BASE/log/slurmd.log"; else echo "$BASE/log/slurmd-$1.log"; fi; }
+for node in "${NODES[@]}"; do
+    pidfile=$(slurmd_pidfile "$node") logfile=$(slurmd_log "$node")
+    pid_alive slurmd "$pidfile" && continue
+    rm -f "$pidfile"
+    if (( NNODES == 1 )); then
+        log "starting slurmd"
+        slurmd </dev/null >>"$logfile" 2>&1 || die_log "slurmd failed to start" "$logfile"
+    else
+        log "starting slurmd $node in its namespaces (${NODE_ADDR[$node]})"
+        # nsenter, not `ip netns exec`: the latter remounts /sys, hiding the cgroup tree slurmd
+        # reads. slurmd daemonizes and keeps both namespaces. ($1 is expanded by the inner sh.)
+        # shellcheck disable=SC2016
+        nsenter --net="$(netns_path "$node")" -- unshare --uts -- \
+            sh -c 'hostname "$1" && exec slurmd -N "$1"' sh "$node" </dev/null >>"$logfile" 2>&1 \
+            || die_log "slurmd $node failed to start" "$logfile"
+    fi
+done
 
 # --- wait until usable ----------------------------------------------------------------------
-node_state() { sinfo -h -n "$HOST" -o '%T' 2>/dev/null | head -n1; }
+node_state() { sinfo -h -n "$1" -o '%T' 2>/dev/null | head -n1; }
 node_usable() {
     local s
-    s=$(node_state)
+    s=$(node_state "$1")
     case $s in
         idle|mixed|allocated|completing) return 0 ;;
         # A node left drained/down by an earlier run (e.g. a killed slurmd) is put back.
-        drain*|down*|fail*) scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true; return 1 ;;
+        drain*|down*|fail*) scontrol update NodeName="$1" State=RESUME >/dev/null 2>&1 || true; return 1 ;;
         *) return 1 ;;
     esac
 }
-wait_for 30 "node $HOST to be idle" up_or_dead slurmd "$BASE/run/slurmd.pid" node_usable && node_usable \
-    || die_log "node $HOST is not usable (state: $(node_state); reason: $(sinfo -h -n "$HOST" -o '%E' 2>/dev/null))" "$BASE/log/slurmd.log"
+for node in "${NODES[@]}"; do
+    pidfile=$(slurmd_pidfile "$node") logfile=$(slurmd_log "$node")
+    wait_for 30 "node $node to be idle" up_or_dead slurmd "$pidfile" node_usable "$node" && node_usable "$node" \
+        || die_log "node $node is not usable (state: $(node_state "$node"); reason: $(sinfo -h -n "$node" -o '%E' 2>/dev/null))" "$logfile"
+done
 sacct_ok() { sacct -n -X -S now-1hour -o JobID >/dev/null 2>&1; }
 wait_for 30 "sacct to answer" sacct_ok || die_log "sacct does not answer" "$BASE/log/slurmdbd.log"
 
 T_END=$(date +%s.%N)
 elapsed=$(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.1f", b - a }')
+if (( NNODES == 1 )); then
+    nodes_text="node $HOST, $CPUS CPUs, RealMemory=${REAL_MEM}M"
+else
+    nodes_text="nodes $NODE_LIST in network namespaces on $NODE_NET.0/24, each $CPUS CPUs (shared), RealMemory=${REAL_MEM}M"
+fi
 cat <<EOF
-[local-cluster] Slurm cluster '$CLUSTER' is up (${elapsed}s): node $HOST, $CPUS CPUs, RealMemory=${REAL_MEM}M, partition '$PARTITION' (default).
+[local-cluster] Slurm cluster '$CLUSTER' is up (${elapsed}s): $nodes_text, partition '$PARTITION' (default).
   base directory : $BASE   (logs in log/, configs in etc/)
   submit         : sbatch -p $PARTITION --wrap 'hostname'   |  squeue  |  sacct -X
   submitit       : submitit.AutoExecutor(folder=...) picks slurm; or use slurm/profiles/local.yaml

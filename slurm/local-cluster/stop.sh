@@ -6,7 +6,9 @@
 #                                          # /etc/slurm files start.sh wrote
 #
 # Only processes named in the base directory's pid files are stopped (never by name), in
-# reverse start order: slurmd, slurmctld, slurmdbd, mariadbd, munged. A munged that
+# reverse start order: slurmd (every node's, with --nodes N), slurmctld, slurmdbd, mariadbd,
+# munged. Then the node network of --nodes N goes: the network namespaces, veth links and bridge
+# that start.sh recorded, and its marked /etc/hosts lines. A munged that
 # start.sh found already running (and so did not start) has no pid file there and is left
 # alone. Idempotent: with nothing running it does nothing and succeeds.
 # Jobs still queued or running are cancelled first (recorded as CANCELLED in the DB).
@@ -38,7 +40,7 @@ if pid_alive slurmctld "$BASE/run/slurmctld.pid" && [[ -r $BASE/etc/slurm.conf ]
 fi
 
 for d in "${DAEMONS_STOP_ORDER[@]}"; do
-    stop_pidfile "$d" "$BASE/run/$d.pid"
+    if [[ $d == slurmd ]]; then stop_all_slurmd; else stop_pidfile "$d" "$BASE/run/$d.pid"; fi
 done
 
 # Nothing we started may survive: re-check every pid file's process (stop_pidfile removed
@@ -47,7 +49,13 @@ left=()
 for d in "${DAEMONS_STOP_ORDER[@]}"; do
     if pid_alive "$d" "$BASE/run/$d.pid"; then left+=("$d"); fi
 done
+while read -r f; do
+    if pid_alive slurmd "$f"; then left+=("slurmd ($(basename "$f"))"); fi
+done < <(slurmd_pidfiles)
 [[ ${#left[@]} -eq 0 ]] || die "still running: ${left[*]}"
+
+# The node network of start.sh --nodes N: namespaces, veth links, bridge, /etc/hosts lines.
+teardown_node_network
 
 if [[ $purge -eq 1 ]]; then
     if [[ -f $BASE/etc/wrote-etc-slurm ]]; then
