@@ -146,7 +146,7 @@ def test_terminal_table_shows_ours_beside_the_paper(collected):
 def test_an_experiment_launched_but_not_started_lists_every_cell_as_missing(tmp_path):
     from avbert.launch.index import describe_cells
     from avbert.launch.profile import load_profile
-    from avbert.launch.registry import expand
+    from avbert.launch.grid import expand
     from avbert.launch.spec import read_experiment
     from avbert.rundir.index import write_index
 

@@ -13,7 +13,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from avbert.config import load_config
-from avbert.data.sampler import INLINE_BYTES, ResumableLoader, collate, epoch_order, rank_shard
+from avbert.data.resumable import INLINE_BYTES, ResumableLoader, collate, epoch_order, rank_shard
 from avbert.train import checkpoint as ckpt
 from avbert.train import reshard
 from avbert.train.ds_config import REDUCE_BUCKET_ELEMENTS, build_ds_config, build_optimizer, parameter_groups

@@ -60,7 +60,7 @@ def rank_main(run_dir: str, mode: str) -> None:
     from test_engine_loop import BASE, PointClassifier, Points
 
     from avbert.config import load_config
-    from avbert.data.sampler import ResumableLoader
+    from avbert.data.resumable import ResumableLoader
     from avbert.train.distributed import setup_distributed
     from avbert.train.engine import run_training
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from avbert.config import load_config
-from avbert.data.sampler import ResumableLoader, epoch_order
+from avbert.data.resumable import ResumableLoader, epoch_order
 from avbert.train import checkpoint as ckpt
 from avbert.train.distributed import setup_distributed
 from avbert.train.engine import NonFiniteLossError, run_training

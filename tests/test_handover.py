@@ -10,12 +10,12 @@ from torch.utils.data import DataLoader, Dataset
 from avbert.data import handover
 from avbert.data.pixels import stack_clips
 from avbert.data.pyav_loader import collate, worker_context
-from avbert.data.sampler import from_worker
+from avbert.data.resumable import from_worker
 
 
 def _clips(seed: int, count: int = 2) -> list[torch.Tensor]:
     """Crops as ``pixels.crop_clips`` lays them out: ``[T, 3, F, S, S]`` views of
-    channels-last memory (96 KiB each: more than ``sampler.collate`` sends inline)."""
+    channels-last memory (96 KiB each: more than ``resumable.collate`` sends inline)."""
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(0, 256, (2, 16, 32, 32, 3), generator=generator, dtype=torch.uint8).movedim(-1, -4)
             for _ in range(count)]

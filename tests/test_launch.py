@@ -20,9 +20,9 @@ from avbert.config import ConfigError
 from avbert.launch import launcher
 from avbert.launch.index import record_submission, snapshot_code
 from avbert.rundir.index import read_index
-from avbert.launch.plan import make_plan
+from avbert.launch.actions import make_plan
 from avbert.launch.profile import load_profile
-from avbert.launch.registry import expand
+from avbert.launch.grid import expand
 from avbert.launch.resources import StageResources, resolve_resources
 from avbert.launch.spec import read_experiment
 from avbert.launch.status import CellStatus

@@ -15,7 +15,7 @@ import pytest
 from avbert.launch.job import CellJob, StageInterrupted, export_distributed_env, read_journal
 from avbert.launch.preemption import StopRequest, install_stop_request, is_time_limit
 from avbert.launch.profile import load_profile
-from avbert.launch.registry import expand
+from avbert.launch.grid import expand
 from avbert.launch.spec import read_experiment
 from avbert.launch.submit import local_executor, make_job, prepare_run_dir
 

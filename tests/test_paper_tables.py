@@ -37,7 +37,7 @@ def paper_scale_table(path: Path, runs_dir: Path):
     from avbert.config import dump_yaml, to_dict
     from avbert.launch.index import describe_cells
     from avbert.launch.profile import load_profile
-    from avbert.launch.registry import expand
+    from avbert.launch.grid import expand
     from avbert.results.collect import collect_one
     from avbert.rundir import write_json
     from avbert.rundir.index import write_index

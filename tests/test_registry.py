@@ -12,7 +12,7 @@ import pytest
 from avbert.config import ConfigError
 from avbert.launch import launcher
 from avbert.launch.profile import load_profile
-from avbert.launch.registry import expand, select
+from avbert.launch.grid import expand, select
 from avbert.launch.spec import read_experiment
 
 REPO = Path(__file__).resolve().parents[1]

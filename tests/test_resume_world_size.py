@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from avbert.data.sampler import ResumableLoader, epoch_order
+from avbert.data.resumable import ResumableLoader, epoch_order
 from avbert.train import checkpoint as ckpt
 from avbert.train import reshard
 from avbert.train.metrics import read_metrics, read_status

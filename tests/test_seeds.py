@@ -10,7 +10,7 @@ import pytest
 
 from avbert.config import ConfigError
 from avbert.launch.profile import load_profile
-from avbert.launch.registry import expand
+from avbert.launch.grid import expand
 from avbert.launch.spec import read_experiment
 from avbert.launch.index import describe_cells
 from avbert.results.experiments import load_report
@@ -78,7 +78,7 @@ def test_the_table_gives_mean_std_and_n_and_flags_missing_seeds(tmp_path):
 
 
 def test_only_selects_every_seed_of_a_variant(tmp_path):
-    from avbert.launch.registry import select
+    from avbert.launch.grid import select
 
     cells = expand(read_experiment(seeded_smoke(tmp_path)), "tiny", load_profile(ROOT / "slurm/profiles/local.yaml"),
                    tmp_path / "runs")

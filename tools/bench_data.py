@@ -28,6 +28,7 @@ and the CPU time the hypervisor gave other guests meanwhile."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -70,6 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where the generated media and their manifests go (default: the system's temporary "
                              "folder)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "data.json"))
+    parser.add_argument("--clips", type=int, default=SPEC.clips,
+                        help="clips per video (the paper pretrains on 10; --seconds must hold them 2.5 s apart)")
+    parser.add_argument("--runs", nargs="+", metavar="RUN",
+                        help="only these runs (each family's raw decoder is added: ratios are to it); "
+                             "default: every run")
     parser.add_argument("--size", type=int, nargs="+", default=[240, 360],
                         help="frame heights (width is 4/3), each measured in turn: 240p, a copy pre-resized "
                              "for 128-160 px training scales, and 360p, a common rendition of web video")
@@ -213,7 +219,7 @@ class DecodePyAV(torch.utils.data.Dataset):
     resize the crop box as the loader does); return nothing of size."""
 
     def __init__(self, manifest, resize: bool):
-        self.records, self.resize = manifest.records, resize
+        self.records, self.resize, self.spec = manifest.records, resize, SPEC
 
     def __len__(self):
         return len(self.records)
@@ -226,13 +232,13 @@ class DecodePyAV(torch.utils.data.Dataset):
         from avbert.data.pyav_loader import decode_audio, decode_frames, torch_threads
 
         record = self.records[position]
-        clips, crop = plan_sample(SPEC, record, True, 0, 0).views[0]
+        clips, crop = plan_sample(self.spec, record, True, 0, 0).views[0]
         frames = decode_frames(record.video, clips.frames, record.fps, rgb_out=not self.resize)
         if self.resize:  # as the loader: each frame's box copied as it is converted, then resized
             with torch_threads(1):
-                crop_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, SPEC,
+                crop_clips([frames[int(i)] for i in clips.frames.reshape(-1)], crop, self.spec,
                            partial(rgb, VideoReformatter()))
-        audio = decode_audio(record.audio, SPEC.sample_rate)
+        audio = decode_audio(record.audio, self.spec.sample_rate)
         return torch.tensor(len(frames) + audio.numel())
 
 
@@ -250,11 +256,11 @@ def dali_loader(manifest, args):
     return lambda: iter(DaliLoader(manifest, SPEC, args.batch_size, seed=0, num_threads=args.threads))
 
 
-def pyav_loader(manifest, args):
+def pyav_loader(manifest, args, shared_slots: bool = True):
     from avbert.data.pyav_loader import ManifestDataset, PyAVLoader
 
     return lambda: iter(PyAVLoader(ManifestDataset(manifest, SPEC, seed=0), args.batch_size, seed=0,
-                                   num_workers=args.threads))
+                                   num_workers=args.threads, shared_slots=shared_slots))
 
 
 def machine() -> dict:
@@ -280,9 +286,12 @@ RUNS = {
     "pyav raw": lambda m, a: pyav_decode(m, a, resize=False),
     "pyav +resize": lambda m, a: pyav_decode(m, a, resize=True),
     "pyav loader": pyav_loader,
+    "pyav loader, fresh shm": lambda m, a: pyav_loader(m, a, shared_slots=False),
 }
 """``raw``: the decoders alone; ``+resize``: plus each clip's crop resized (pixel work a
-loader cannot skip); ``loader``: the whole training batch."""
+loader cannot skip); ``loader``: the whole training batch; ``fresh shm``: the same with
+each batch in a new shared-memory segment, as ``torch.utils.data`` hands it over,
+instead of the worker's reused slots (``avbert.data.handover``)."""
 
 
 def measure(manifest, args, size: int) -> dict[str, list[tuple[float, float]]]:
@@ -296,8 +305,13 @@ def measure(manifest, args, size: int) -> dict[str, list[tuple[float, float]]]:
     )
 
     clips = args.batch_size * SPEC.clips
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in RUNS}
-    makers = {name: run(manifest, args) for name, run in RUNS.items()}
+    wanted = set(args.runs or RUNS) | {name.split()[0] + " raw" for name in args.runs or ()}
+    unknown = wanted - set(RUNS)
+    if unknown:
+        raise SystemExit(f"unknown run(s) {sorted(unknown)}; runs: {', '.join(RUNS)}")
+    chosen = {name: run for name, run in RUNS.items() if name in wanted}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in chosen}
+    makers = {name: run(manifest, args) for name, run in chosen.items()}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"{size}p", total=args.repeats * len(makers))
@@ -349,7 +363,9 @@ def report(results: dict[str, list[tuple[float, float]]], args, manifest, size: 
 
 
 def main(argv=None) -> int:
+    global SPEC
     args = parse_args(argv)
+    SPEC = dataclasses.replace(SPEC, clips=args.clips)
     if args.warmup + args.batches > args.videos // args.batch_size:
         raise SystemExit("--warmup + --batches must fit in one epoch (videos // batch-size batches)")
     steal = steal_seconds()

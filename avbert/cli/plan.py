@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from avbert.config import load_config
 from avbert.planning.memory import MemoryPlan, format_bytes, parse_memory, plan

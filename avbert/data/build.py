@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from avbert.config import Config, DataConfig
 from avbert.data.clips import ClipSpec
-from avbert.data.sampler import ResumableLoader
+from avbert.data.resumable import ResumableLoader
 
 logger = logging.getLogger("avbert.data")
 

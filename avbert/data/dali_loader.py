@@ -65,7 +65,7 @@ from avbert.data.pyav_loader import (
     skip_counts,
     torch_threads,
 )
-from avbert.data.sampler import epoch_order, rank_shard
+from avbert.data.resumable import epoch_order, rank_shard
 
 logger = logging.getLogger("avbert.data")
 
@@ -212,7 +212,7 @@ class DaliLoader:
     """Batches of a manifest split decoded by DALI, in the suite's batch format.
 
     Training (``train=True``) is an endless, rank-sharded stream in the order of
-    ``avbert.data.sampler`` (the PyAV loader's order), resumable through ``state_dict``;
+    ``avbert.data.resumable`` (the PyAV loader's order), resumable through ``state_dict``;
     evaluation is one ordered pass over this rank's share (``len`` batches, the last one
     possibly smaller) with ``test_views * test_crops`` views per video.
 

@@ -20,7 +20,7 @@ fresh segment as ``torch.utils.data`` does, so nothing waits and nothing is over
 Segment files are unlinked as soon as they are created: nothing is left in /dev/shm,
 whatever way the processes end.
 
-Every batch taken from such a DataLoader must go through ``sampler.from_worker`` (the
+Every batch taken from such a DataLoader must go through ``resumable.from_worker`` (the
 suite's loaders do): a ``SlotTensor`` dropped without becoming a tensor keeps its slot
 until its worker ends, and that worker falls back to fresh segments meanwhile.
 """

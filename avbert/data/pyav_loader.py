@@ -41,8 +41,8 @@ from avbert.data.clips import ClipSpec, SamplePlan, ShortVideo, TooShort, plan_s
 from avbert.data.manifest import Manifest, MediaRecord
 from avbert.data.pixels import batch_squares, clip_layout, crop_clips, stack_clips
 from avbert.data.probe import ProbeError, Reason, check_record, rgb
-from avbert.data.sampler import ResumableLoader, from_worker, is_counter
-from avbert.data.sampler import collate as sampler_collate
+from avbert.data.resumable import ResumableLoader, from_worker, is_counter
+from avbert.data.resumable import collate as sampler_collate
 
 MAX_SUBSTITUTES = 32
 RUNTIME_REASONS = (Reason.MISSING, Reason.UNREADABLE, Reason.EMPTY, Reason.CHANGED, Reason.NO_VIDEO,
@@ -275,11 +275,26 @@ def _collate_large(samples: list[dict]) -> dict:
     return batch
 
 
+def _collate_plain(samples: list[dict]) -> dict:
+    if "video" not in samples[0]:
+        return default_collate(samples)
+    batch = default_collate([{key: value for key, value in s.items() if key != "video"} for s in samples])
+    batch["video"] = stack_clips([s["video"] for s in samples])
+    return batch
+
+
+def collate_without_slots(samples: list[dict]) -> dict:
+    """``collate`` with the video in a fresh tensor, which ``torch.utils.data`` moves
+    through a new shared-memory segment per batch (``PyAVLoader(shared_slots=False)``:
+    the baseline ``tools/bench_data.py`` measures the slots against)."""
+    return sampler_collate(samples, _collate_plain)
+
+
 def collate(samples: list[dict]) -> dict:
-    """``sampler.collate`` (small fields inline from a worker), with video batched
+    """``resumable.collate`` (small fields inline from a worker), with video batched
     channels-last as the crops are laid out (``pixels.stack_clips``): one plain copy of
     the crops, not a transposing one, in a worker straight into one of its reused
-    shared-memory slots (``avbert.data.handover``; ``sampler.from_worker`` reads it
+    shared-memory slots (``avbert.data.handover``; ``resumable.from_worker`` reads it
     there)."""
     return sampler_collate(samples, _collate_large)
 
@@ -300,10 +315,11 @@ class PyAVLoader(ResumableLoader):
     name = "pyav"
 
     def __init__(self, dataset: ManifestDataset, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, num_workers: int = 0):
+                 seed: int = 0, num_workers: int = 0, shared_slots: bool = True):
         dataset.seed = seed
-        super().__init__(dataset, batch_size, rank=rank, world_size=world_size, seed=seed,
-                         num_workers=num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available())
+        super().__init__(dataset, batch_size, rank=rank, world_size=world_size, seed=seed, num_workers=num_workers,
+                         collate_fn=collate if shared_slots else collate_without_slots,
+                         pin_memory=torch.cuda.is_available())
 
     def _start_epoch(self) -> None:
         self.dataset.epoch = self.epoch

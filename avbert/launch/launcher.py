@@ -27,9 +27,9 @@ from rich.table import Table
 
 from avbert.config import ConfigError, to_dict
 from avbert.launch import index as idx
-from avbert.launch.plan import PlannedCell, make_plan, plan_table
+from avbert.launch.actions import PlannedCell, make_plan, plan_table
 from avbert.launch.profile import Profile, load_profile
-from avbert.launch.registry import Cell, expand, select
+from avbert.launch.grid import Cell, expand, select
 from avbert.launch.spec import SCALES, Experiment, read_experiment
 from avbert.launch.status import gather, read_run_status
 from avbert.launch.submit import Submitted, local_error, local_slots, start_local, submit_slurm

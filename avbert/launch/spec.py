@@ -26,7 +26,7 @@ scales it runs at, and how its results table is laid out::
 Reading is strict: duplicate keys, unknown keys, wrong types and values outside
 the allowed set are refused with the file, the dotted key path and what is
 allowed. The cell configs themselves are checked when the grid is expanded
-(``avbert.launch.registry``).
+(``avbert.launch.grid``).
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ from typing import Callable, Optional
 
 from avbert.config import dump_yaml, to_dict
 from avbert.launch.job import CellJob
-from avbert.launch.plan import PlannedCell
+from avbert.launch.actions import PlannedCell
 from avbert.launch.profile import Profile
-from avbert.launch.registry import Cell
+from avbert.launch.grid import Cell
 from avbert.launch.resources import Resources
 
 TIME_LIMIT_SIGNAL = "USR1"

@@ -126,7 +126,7 @@ def regrid_loader_state(path: Path, rank: int, world_size: int, batch_size: int)
     """Loader state for ``rank`` of ``world_size`` continuing the epoch the checkpoint in ``path``
     stopped in, and how many samples of that epoch the new ranks see a second time.
 
-    ``avbert.data.sampler`` deals an epoch's order round-robin, so after ``position`` batches
+    ``avbert.data.resumable`` deals an epoch's order round-robin, so after ``position`` batches
     of ``b`` on each of ``W`` ranks exactly the first ``W * b * position`` samples of the
     epoch's order have been consumed. The new ranks continue at the largest multiple of their
     own ``world_size * batch_size`` at or below that count: none of the epoch is skipped, and

@@ -1,4 +1,4 @@
-"""The launch plan: what happens to each cell, and the table ``--dry-run`` prints.
+"""What a launch does with each cell (submit, skip, blocked), and the table it prints.
 
 A cell is submitted when it is new (or failed, with ``--retry-failed``); a
 completed cell is skipped, and so is one whose job is queued or running. A
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from avbert.launch.registry import Cell
+from avbert.launch.grid import Cell
 from avbert.launch.status import CellStatus
 
 
