@@ -34,7 +34,7 @@ from avbert.models.heads import (
     DownstreamClassifier,
     feature_modalities,
 )
-from avbert.rundir import EVAL, write_json
+from avbert.rundir import EVAL, RunState, write_json
 from avbert.train.checkpoint import strip_prefix
 from avbert.train.classification import (
     aggregate_views,
@@ -290,7 +290,7 @@ def finish_with_evaluation(cfg: Config, outcome: TrainOutcome, env: DistEnv, mod
         record = eval_record(cfg, classifier, evaluate(cfg, classifier, env), model_config, outcome.step)
     except BaseException as err:
         if env.is_main:
-            write_status(run_dir, "failed", outcome.step, outcome.total_steps,
+            write_status(run_dir, RunState.FAILED, outcome.step, outcome.total_steps,
                          error=f"evaluation: {type(err).__name__}: {err}")
         raise
     if env.is_main:
@@ -310,7 +310,7 @@ def run_downstream(cfg: Config, should_checkpoint_and_exit: Optional[Callable[[]
     classifier = build_classifier(cfg, model, cfg.downstream.num_classes or classes, multilabel)
     export = classifier_export(cfg, model_config, classifier)
     outcome = run_training(cfg, classifier, loader, env, export, should_checkpoint_and_exit)
-    if outcome.status == "completed" and not evaluated_at(Path(cfg.train.run_dir), outcome.step):
+    if outcome.status == RunState.COMPLETED and not evaluated_at(Path(cfg.train.run_dir), outcome.step):
         finish_with_evaluation(cfg, outcome, env, model_config)
     return outcome
 

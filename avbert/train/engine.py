@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from avbert.config import Config, dump_yaml, to_dict
-from avbert.rundir import file_sha256
+from avbert.rundir import RunState, file_sha256
 from avbert.train import checkpoint as ckpt
 from avbert.train import reshard
 from avbert.train.distributed import (
@@ -74,7 +74,7 @@ class NonFiniteLossError(FloatingPointError):
 class TrainOutcome:
     """How a call to the training loop ended."""
 
-    status: str  # "completed" or "preempted"
+    status: RunState  # COMPLETED or PREEMPTED
     step: int
     total_steps: int
     run_dir: str
@@ -234,11 +234,11 @@ class Trainer:
         progress = ProgressReporter(self.total, self.step, self.env.is_main)
         if self.step:
             progress.message(f"resumed from step {self.step} of {self.total} in {self.run_dir}")
-        self._status("running")
+        self._status(RunState.RUNNING)
         try:
             outcome = self._loop(progress)
         except BaseException as err:
-            self._status("failed", error=f"{type(err).__name__}: {err}")
+            self._status(RunState.FAILED, error=f"{type(err).__name__}: {err}")
             raise
         finally:
             progress.close()
@@ -257,8 +257,8 @@ class Trainer:
                 self._save()
             if preempt and self.step < self.total:
                 progress.message(f"checkpointed at step {self.step} and stopped on request")
-                return self._outcome("preempted")
-        return self._outcome("completed", export_path=self._export())
+                return self._outcome(RunState.PREEMPTED)
+        return self._outcome(RunState.COMPLETED, export_path=self._export())
 
     def _is_log_step(self, step: int) -> bool:
         return step % self.cfg.train.log_every == 0 or step == self.total
@@ -315,7 +315,7 @@ class Trainer:
         self.last_record = record
         self.metrics.write(record)
         progress.log(self.step, record)
-        self._status("running")
+        self._status(RunState.RUNNING)
 
     def _elapsed(self, now: float) -> float:
         return self.elapsed_before + now - self.run_start
@@ -422,7 +422,7 @@ def run_training(cfg: Config, module: nn.Module, loader, env: DistEnv, make_expo
     except Exception as err:
         if env.is_main and Path(cfg.train.run_dir).is_dir():
             latest = ckpt.latest_complete(cfg.train.run_dir)
-            write_status(cfg.train.run_dir, "failed", latest.step if latest else 0, cfg.train.steps,
+            write_status(cfg.train.run_dir, RunState.FAILED, latest.step if latest else 0, cfg.train.steps,
                          error=f"{type(err).__name__}: {err}")
         raise
     return trainer.run()
