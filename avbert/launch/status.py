@@ -30,6 +30,7 @@ from avbert.rundir import (
     LIVE_JOB_STATES,
     METRICS,
     STATUS,
+    RunState,
     read_json,
     read_jsonl,
 )
@@ -118,7 +119,7 @@ def read_run_status(run_dir: Path) -> Optional[dict]:
 def combine(entry: dict, run: Optional[dict], scheduler: Optional[str]) -> tuple[str, str]:
     """(state, detail) from the index entry, the run's status.json and the scheduler's state."""
     run_state = (run or {}).get("state")
-    if run_state == "completed":
+    if run_state == RunState.COMPLETED:
         return "COMPLETED", f"job {scheduler}" if scheduler in LIVE else ""
     if scheduler in LIVE:
         return scheduler, ""
@@ -127,8 +128,8 @@ def combine(entry: dict, run: Optional[dict], scheduler: Optional[str]) -> tuple
     if scheduler == "COMPLETED":
         return "FAILED", "job ended before the stage finished"
     if not entry.get("job_id"):
-        return ("FAILED", "run failed") if run_state == "failed" else ("NEW", "")
-    if run_state == "failed":
+        return ("FAILED", "run failed") if run_state == RunState.FAILED else ("NEW", "")
+    if run_state == RunState.FAILED:
         return "FAILED", (run or {}).get("error", "run failed")
     submitted = entry.get("submitted_unix", 0)
     if entry.get("cluster") == "slurm" and time.time() - submitted < REPORT_GRACE_S:
@@ -161,6 +162,10 @@ def gather(index: dict, names: Optional[list[str]] = None, details: bool = False
         run_dir = Path(entry["run_dir"]) if entry.get("run_dir") else None
         run = read_run_status(run_dir) if run_dir else None
         state, detail = combine(entry, run, states.get(name))
+        if state == "FAILED" and run_dir:
+            message = journal_failure(run_dir, entry.get("job_id"))
+            if message:
+                detail = f"{detail}: {message}" if detail else message
         status = CellStatus(name, state, detail, entry.get("job_id"), log=entry.get("log"))
         if run:
             status.step, status.total, status.loss = run.get("step"), run.get("total_steps"), run.get("loss")
@@ -168,6 +173,13 @@ def gather(index: dict, names: Optional[list[str]] = None, details: bool = False
             _add_details(status, run_dir, entry.get("job_id"))
         out[name] = status
     return out
+
+
+def journal_failure(run_dir: Path, job_id: Optional[str]) -> Optional[str]:
+    """Why the job gave up, as it wrote in ``job.json`` (e.g. more runs lost to node failures than its
+    requeue limit, naming the nodes); None when its last stop carries no message."""
+    stops = [s for s in read_journal(run_dir).get("stops", []) if job_id and s.get("job_id") == job_id]
+    return stops[-1].get("message") if stops else None
 
 
 def _add_details(status: CellStatus, run_dir: Path, job_id: Optional[str]) -> None:
