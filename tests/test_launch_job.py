@@ -202,3 +202,13 @@ def test_a_single_task_job_rendezvouses_on_a_port_nothing_holds(monkeypatch, tas
         else:
             assert port == job_port  # several ranks must agree without talking: the job id decides
     assert os.environ["WORLD_SIZE"] == str(tasks)
+
+
+def test_lost_runs_are_restarts_that_recorded_no_stop():
+    from avbert.launch.job import LOST_RUNS_LIMIT, lost_runs
+
+    journal = {"stops": [{"job_id": "5", "cause": "terminated"}, {"job_id": "4", "cause": "terminated"},
+                         {"job_id": "5", "cause": LOST_RUNS_LIMIT}]}
+    assert lost_runs(journal, "5", restart_count=3) == 2  # 3 restarts, 1 recorded its stop
+    assert lost_runs(journal, "5", restart_count=1) == 0
+    assert lost_runs({"stops": []}, "5", restart_count=0) == 0
