@@ -256,11 +256,11 @@ def dali_loader(manifest, args):
     return lambda: iter(DaliLoader(manifest, SPEC, args.batch_size, seed=0, num_threads=args.threads))
 
 
-def pyav_loader(manifest, args, shared_slots: bool = True):
+def pyav_loader(manifest, args):
     from avbert.data.pyav_loader import ManifestDataset, PyAVLoader
 
     return lambda: iter(PyAVLoader(ManifestDataset(manifest, SPEC, seed=0), args.batch_size, seed=0,
-                                   num_workers=args.threads, shared_slots=shared_slots))
+                                   num_workers=args.threads))
 
 
 def machine() -> dict:
@@ -286,12 +286,9 @@ RUNS = {
     "pyav raw": lambda m, a: pyav_decode(m, a, resize=False),
     "pyav +resize": lambda m, a: pyav_decode(m, a, resize=True),
     "pyav loader": pyav_loader,
-    "pyav loader, fresh shm": lambda m, a: pyav_loader(m, a, shared_slots=False),
 }
 """``raw``: the decoders alone; ``+resize``: plus each clip's crop resized (pixel work a
-loader cannot skip); ``loader``: the whole training batch; ``fresh shm``: the same with
-each batch in a new shared-memory segment, as ``torch.utils.data`` hands it over,
-instead of the worker's reused slots (``avbert.data.handover``)."""
+loader cannot skip); ``loader``: the whole training batch."""
 
 
 def measure(manifest, args, size: int) -> dict[str, list[tuple[float, float]]]:

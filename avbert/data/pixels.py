@@ -113,16 +113,12 @@ def batch_squares(rows: int, spec: ClipSpec, *views: int) -> torch.Tensor:
     return torch.empty(rows, *views, spec.clips * spec.frames_per_clip, side, side, 3, dtype=torch.uint8)
 
 
-def stack_clips(clips: list[torch.Tensor], stack: Callable = torch.stack):
+def stack_clips(clips: list[torch.Tensor]):
     """``torch.stack`` of crops ``[..., 3, F, S, S]`` laid out channels-last (as
     ``crop_clips`` makes them), keeping that layout: the copy is a plain one, where a
     stack in the logical order would interleave the channels apart (a transposing copy
     of single bytes, several times slower). The result is again a permuted view, of
     ``[N, ..., F, S, S, 3]`` memory; the model's ``normalize_pixels`` makes it
-    contiguous in the float conversion it does anyway, on the training device.
-
-    ``stack``: what stacks the channels-last crops (``handover.stack`` in a DataLoader
-    worker, which writes them into shared memory that reaches the training process
-    without a copy; its result need only have ``movedim``)."""
+    contiguous in the float conversion it does anyway, on the training device."""
     inner = [clip.movedim(-4, -1) for clip in clips]  # views of the channels-last memory
-    return stack(inner).movedim(-1, -4)
+    return torch.stack(inner).movedim(-1, -4)

@@ -35,7 +35,6 @@ import torch
 from av.video.reformatter import VideoReformatter
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from avbert.data import handover
 from avbert.data.audio import clip_logmel, spec_augment
 from avbert.data.clips import ClipSpec, SamplePlan, ShortVideo, TooShort, plan_sample
 from avbert.data.manifest import Manifest, MediaRecord
@@ -271,31 +270,16 @@ def _collate_large(samples: list[dict]) -> dict:
     if "video" not in samples[0]:
         return default_collate(samples)
     batch = default_collate([{key: value for key, value in s.items() if key != "video"} for s in samples])
-    batch["video"] = stack_clips([s["video"] for s in samples], stack=handover.stack)
-    return batch
-
-
-def _collate_plain(samples: list[dict]) -> dict:
-    if "video" not in samples[0]:
-        return default_collate(samples)
-    batch = default_collate([{key: value for key, value in s.items() if key != "video"} for s in samples])
     batch["video"] = stack_clips([s["video"] for s in samples])
     return batch
-
-
-def collate_without_slots(samples: list[dict]) -> dict:
-    """``collate`` with the video in a fresh tensor, which ``torch.utils.data`` moves
-    through a new shared-memory segment per batch (``PyAVLoader(shared_slots=False)``:
-    the baseline ``tools/bench_data.py`` measures the slots against)."""
-    return sampler_collate(samples, _collate_plain)
 
 
 def collate(samples: list[dict]) -> dict:
     """``resumable.collate`` (small fields inline from a worker), with video batched
     channels-last as the crops are laid out (``pixels.stack_clips``): one plain copy of
-    the crops, not a transposing one, in a worker straight into one of its reused
-    shared-memory slots (``avbert.data.handover``; ``resumable.from_worker`` reads it
-    there)."""
+    the crops, not a transposing one. ``torch.utils.data`` hands the batch from a worker
+    to the training process in a shared-memory segment of its own; a pool of reused
+    segments gained nothing measurable at the paper's clip size (docs/data.md)."""
     return sampler_collate(samples, _collate_large)
 
 
@@ -315,10 +299,10 @@ class PyAVLoader(ResumableLoader):
     name = "pyav"
 
     def __init__(self, dataset: ManifestDataset, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, num_workers: int = 0, shared_slots: bool = True):
+                 seed: int = 0, num_workers: int = 0):
         dataset.seed = seed
         super().__init__(dataset, batch_size, rank=rank, world_size=world_size, seed=seed, num_workers=num_workers,
-                         collate_fn=collate if shared_slots else collate_without_slots,
+                         collate_fn=collate,
                          pin_memory=torch.cuda.is_available())
 
     def _start_epoch(self) -> None:

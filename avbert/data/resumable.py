@@ -37,7 +37,6 @@ from torch.utils.data import (
     get_worker_info,
 )
 
-from avbert.data import handover
 
 SKIPPED_PREFIX = "skipped"
 COUNTER_PREFIXES = (SKIPPED_PREFIX, "padded")
@@ -82,13 +81,10 @@ def collate(samples: list, collate_large: Callable = default_collate):
 
 
 def from_worker(batch):
-    """A batch from ``collate``, with its inline numpy fields as tensors again, and
-    tensors left in a worker's shared-memory slot (``avbert.data.handover``) read there."""
+    """A batch from ``collate``, with its inline numpy fields as tensors again."""
     if not isinstance(batch, dict):
         return batch
-    return {key: handover.receive(value) if isinstance(value, handover.SlotTensor)
-            else torch.from_numpy(value) if isinstance(value, np.ndarray) else value
-            for key, value in batch.items()}
+    return {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value for key, value in batch.items()}
 
 
 def epoch_order(num_items: int, epoch: int, seed: int, shuffle: bool = True) -> torch.Tensor:
