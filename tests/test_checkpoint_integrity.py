@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 
 from avbert.train import checkpoint as ckpt
 from avbert.train.metrics import read_metrics, read_status
+from test_resume import rank_env, torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 8, 4
@@ -36,13 +36,8 @@ OVERRIDES = [
 
 
 def pretrain(run_dir: Path, *extra: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", ckpt.FAULT_ENV):
-        env.pop(key, None)
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
-    command = [sys.executable, *launcher, "-m", "avbert.train", "pretrain", *OVERRIDES, *extra,
-               f"train.run_dir={run_dir}"]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    command = [*torchrun(nproc), "-m", "avbert.train", "pretrain", *OVERRIDES, *extra, f"train.run_dir={run_dir}"]
+    return subprocess.run(command, env=rank_env(), capture_output=True, text=True, timeout=300)
 
 
 def step_losses(run_dir: Path) -> list[tuple[int, float]]:

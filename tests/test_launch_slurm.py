@@ -33,8 +33,10 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("sbatch") is None, reason=f"sbatch is not on PATH (no Slurm client); {START_HINT}"),
 ]
 
-REQUEUE_EXPERIMENT = f"""
-name: requeue
+def pretrain_experiment(name: str, steps: int, checkpoint_every: int) -> str:
+    """A one-cell experiment: the tiny ``xl-part`` pretraining on synthetic data, fp32 on CPU."""
+    return f"""
+name: {name}
 default_scale: tiny
 base: {{model: {{fusion: mid}}}}
 grid: {{variants: {{xl-part: {{}}}}}}
@@ -44,11 +46,14 @@ scales:
     config:
       model: {{preset: tiny}}
       data: {{preset: tiny, source: synthetic, synthetic: {{num_videos: 64}}}}
-      train: {{precision: fp32, device: cpu, steps: {STEPS}, log_every: 1, checkpoint_every: 100}}
+      train: {{precision: fp32, device: cpu, steps: {steps}, log_every: 1, checkpoint_every: {checkpoint_every}}}
       optim: {{lr: 0.001, warmup_steps: 5}}
     stages:
       pretrain: {{resources: {{nodes: 1}}}}
 """
+
+
+REQUEUE_EXPERIMENT = pretrain_experiment("requeue", STEPS, 100)
 
 
 def run(*cmd: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:

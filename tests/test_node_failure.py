@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 import pytest
 from test_launch_slurm import job_ids, launch, losses, read_index, run, wait_step, wait_terminal
 from test_two_nodes import NODES, ONE_NODE, PROFILE, START, TWO_NODES, two_nodes  # noqa: F401 (fixture)
+from test_two_nodes import pytestmark  # noqa: F401 (the two-node tests' markers and skip conditions)
 
 REPO = Path(__file__).resolve().parents[1]
 CELL = "smoke/xl/pretrain"
@@ -46,15 +46,6 @@ LOST_NODE = NODES[1]
 REASON = "test_node_failure: node lost"
 OVERRIDES = [f"train.steps={STEPS}", "train.log_every=1", f"train.checkpoint_every={CHECKPOINT_EVERY}",
              "data.synthetic.num_videos=128", "optim.warmup_steps=5"]
-
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("sbatch") is None,
-                       reason="sbatch is not on PATH (no Slurm client); slurm/local-cluster/start.sh installs one"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the two-node cluster needs root (network namespaces)"),
-]
-
 
 def lose_node(node: str, reason: str) -> None:
     """Kill every process in the node's network namespace and mark the node DOWN."""

@@ -29,17 +29,27 @@ OVERRIDES = [
 ]
 
 
-def pretrain(run_dir: Path, nproc: int = 2, fault: str | None = None, extra: tuple[str, ...] = ()
-             ) -> subprocess.CompletedProcess:
+def rank_env(fault: str | None = None) -> dict:
+    """One CPU thread, the checkout on the path, no rank variables inherited; ``fault``: the
+    ``AVBERT_FAULT`` to set."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", ckpt.FAULT_ENV):
         env.pop(key, None)
     if fault:
         env[ckpt.FAULT_ENV] = fault
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
-    command = [sys.executable, *launcher, "-m", "avbert.train", "pretrain", *OVERRIDES, *extra,
-               f"train.run_dir={run_dir}"]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return env
+
+
+def torchrun(nproc: int) -> list[str]:
+    """The interpreter, under ``torch.distributed.run`` when there is more than one rank."""
+    return [sys.executable, *(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+                              if nproc > 1 else [])]
+
+
+def pretrain(run_dir: Path, nproc: int = 2, fault: str | None = None, extra: tuple[str, ...] = ()
+             ) -> subprocess.CompletedProcess:
+    command = [*torchrun(nproc), "-m", "avbert.train", "pretrain", *OVERRIDES, *extra, f"train.run_dir={run_dir}"]
+    return subprocess.run(command, env=rank_env(fault), capture_output=True, text=True, timeout=300)
 
 
 def step_losses(run_dir: Path) -> list[tuple[int, float]]:

@@ -12,7 +12,6 @@ per-rank script that checks what a resumed engine holds
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from avbert.data.resumable import ResumableLoader, epoch_order
 from avbert.train import checkpoint as ckpt
 from avbert.train import reshard
 from avbert.train.metrics import read_metrics, read_status
+from test_resume import rank_env, torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY, BATCH = 8, 4, 8
@@ -37,14 +37,8 @@ OVERRIDES = [
 
 
 def launch(nproc: int, *args: str, fault: str | None = None, module: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", ckpt.FAULT_ENV):
-        env.pop(key, None)
-    if fault:
-        env[ckpt.FAULT_ENV] = fault
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
     target = ["-m", "avbert.train", "pretrain"] if module else [str(Path(__file__).resolve())]
-    return subprocess.run([sys.executable, *launcher, *target, *args], env=env, capture_output=True, text=True,
+    return subprocess.run([*torchrun(nproc), *target, *args], env=rank_env(fault), capture_output=True, text=True,
                           timeout=300)
 
 

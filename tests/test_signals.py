@@ -28,28 +28,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_launch_slurm import LAUNCH, job_ids, launch, losses, read_index, run, wait_step, wait_terminal
+from test_launch_slurm import (LAUNCH, job_ids, launch, losses, pretrain_experiment, read_index, run, wait_step,
+                               wait_terminal)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 STEPS = 60
 STOP_AT = 15  # the signal comes after this step, between two periodic checkpoints
-EXPERIMENT = f"""
-name: signals
-default_scale: tiny
-base: {{model: {{fusion: mid}}}}
-grid: {{variants: {{xl-part: {{}}}}}}
-stages: {{pretrain: {{kind: pretrain}}}}
-scales:
-  tiny:
-    config:
-      model: {{preset: tiny}}
-      data: {{preset: tiny, source: synthetic, synthetic: {{num_videos: 64}}}}
-      train: {{precision: fp32, device: cpu, steps: {STEPS}, log_every: 1, checkpoint_every: 20}}
-      optim: {{lr: 0.001, warmup_steps: 5}}
-    stages:
-      pretrain: {{resources: {{nodes: 1}}}}
-"""
+EXPERIMENT = pretrain_experiment("signals", STEPS, 20)
 CELL = "signals/xl-part/pretrain"
 CELL_DIR = Path("signals") / "xl-part" / "pretrain"
 URGENT_QOS = "avbert-urgent"
