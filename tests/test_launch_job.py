@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from avbert.launch.job import CellJob, StageInterrupted, export_distributed_env, read_journal
+from avbert.launch.job import CellJob, StageInterrupted, export_distributed_env, read_journal, rendezvous_port
 from avbert.launch.preemption import StopRequest, install_stop_request, is_time_limit
 from avbert.launch.profile import load_profile
 from avbert.launch.grid import expand
@@ -189,7 +188,7 @@ def test_a_single_task_job_rendezvouses_on_a_port_nothing_holds(monkeypatch, tas
         monkeypatch.setenv(key, value)
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)  # the export sets them; undone after the test
-    job_port = random.Random("5").randint(20000, 60000)  # submitit's choice for job 5
+    job_port = rendezvous_port("5")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", job_port))
         taken.listen()
@@ -212,3 +211,18 @@ def test_lost_runs_are_restarts_that_recorded_no_stop():
     assert lost_runs(journal, "5", restart_count=3) == 2  # 3 restarts, 1 recorded its stop
     assert lost_runs(journal, "5", restart_count=1) == 0
     assert lost_runs({"stops": []}, "5", restart_count=0) == 0
+
+
+def test_the_rendezvous_port_ignores_the_submitting_shells_and_avoids_ephemeral_ports(monkeypatch):
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "41_3", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "2",
+             "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_NTASKS_PER_NODE": "1",
+             "MASTER_PORT": "29500", "MASTER_ADDR": "somewhere"}  # exported in the shell that ran sbatch
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    export_distributed_env()
+    assert os.environ["MASTER_PORT"] == str(rendezvous_port("41_3")) != "29500"
+    assert os.environ["MASTER_ADDR"] == "node1" and os.environ["RANK"] == "1"
+    assert all(20000 <= rendezvous_port(str(job)) < 32768 for job in range(500))

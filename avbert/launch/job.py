@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -202,19 +203,31 @@ def record_stop(run_dir: str | Path, job_id: str, cause: str, step: int) -> int:
     return sum(1 for stop in journal["stops"] if stop["job_id"] == job_id and stop["cause"] == cause)
 
 
+EPHEMERAL_PORTS_START = 32768  # Linux's default ip_local_port_range starts here
+RENDEZVOUS_PORTS_START = 20000
+
+
+def rendezvous_port(job_id: str) -> int:
+    """The rendezvous port of a multi-rank job: a function of the job id, so that every rank
+    agrees on it without talking, and below the ports the kernel hands out to client sockets,
+    so that no connection of another job on the node can hold it."""
+    return RENDEZVOUS_PORTS_START + random.Random(job_id).randrange(EPHEMERAL_PORTS_START - RENDEZVOUS_PORTS_START)
+
+
 def export_distributed_env() -> None:
     """RANK, WORLD_SIZE, MASTER_ADDR/PORT, LOCAL_RANK from the scheduler's environment.
 
     Every rank keeps seeing all GPUs of its node (the training engine selects
     ``cuda:LOCAL_RANK``); the scheduler's values replace any inherited from the
-    submitting shell.
+    submitting shell. The rendezvous is the first node of the job's node list at
+    ``rendezvous_port``: a ``MASTER_PORT`` the submitting shell exported (sbatch passes the
+    environment on) would put every job of a launch on one port.
     """
+    os.environ["MASTER_PORT"] = str(rendezvous_port(submitit.JobEnvironment().job_id))
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     if os.environ["WORLD_SIZE"] == "1":
-        # submitit derives the port from the job id, so that every rank agrees on it
-        # without talking; a job alone needs no agreement, and a port the kernel hands
-        # out cannot already be taken by another job's rendezvous or a client socket
-        # on a shared node.
+        # A job alone needs no agreement: a port the kernel hands out cannot already be
+        # taken by another job's rendezvous or a client socket on a shared node.
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(sock.getsockname()[1])
