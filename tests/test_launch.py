@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,14 +20,15 @@ import pytest
 from avbert.config import ConfigError
 from avbert.launch import launcher
 from avbert.launch.index import record_submission, snapshot_code
-from avbert.rundir.index import read_index
+from avbert.rundir.index import read_index, write_index
 from avbert.launch.actions import make_plan
 from avbert.launch.profile import load_profile
 from avbert.launch.grid import expand
 from avbert.launch.resources import StageResources, resolve_resources
 from avbert.launch.spec import read_experiment
-from avbert.launch.status import CellStatus
+from avbert.launch.status import CellStatus, gather
 from avbert.launch.submit import array_name, slurm_groups
+from avbert.rundir.state import PREEMPT_REQUEUE_GRACE_S
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "slurm" / "profiles"
@@ -184,6 +186,38 @@ def test_relaunch_skips_queued_and_completed_and_retries_failed_only_when_asked(
     assert retried["job_id"] != ids["smoke/xl-part/pretrain"] and retried["history"][0]["state"] == "FAILED"
     assert f"--dependency=afterok:{retried['job_id']}\n" in new[1].read_text()
     assert index["cells"]["smoke/xl/pretrain"]["job_id"] == ids["smoke/xl/pretrain"]
+
+
+def test_a_preempted_job_never_requeued_is_retried_when_asked(fake_slurm, launch_dir):
+    """sacct keeps saying PREEMPTED for a job that Slurm did not requeue (PreemptMode=CANCEL): once
+    its run has been quiet past the grace, the cell failed and --retry-failed submits it again; a
+    job preempted just now may still come back, and stays live."""
+    runs = launch_dir / "runs"
+    argv = [str(EXPERIMENTS / "smoke.yaml"), "--runs-dir", str(runs), "--only", "xl/pretrain", "xl-part/pretrain"]
+    assert launcher.main(argv) == 0
+    index = read_index(runs / "smoke")
+    ids = {name: cell["job_id"] for name, cell in index["cells"].items() if cell.get("job_id")}
+    for name in ids:  # submitted an hour ago
+        index["cells"][name]["submitted_unix"] -= 3600
+    write_index(runs / "smoke", index)
+    (fake_slurm / "states").write_text(f"{ids['smoke/xl/pretrain']}|PREEMPTED\n{ids['smoke/xl-part/pretrain']}|PREEMPTED\n")
+    for variant, quiet in (("xl", 60), ("xl-part", PREEMPT_REQUEUE_GRACE_S + 60)):
+        (runs / "smoke" / variant / "pretrain" / "status.json").write_text(json.dumps(
+            {"state": "preempted", "step": 3, "total_steps": 10, "updated_unix": time.time() - quiet}))
+    assert launcher.main(argv) == 0
+    assert len(list(fake_slurm.glob("sbatch_*.sh"))) == 1  # nothing new
+    index = read_index(runs / "smoke")
+    assert (index["cells"]["smoke/xl/pretrain"]["state"], index["cells"]["smoke/xl-part/pretrain"]["state"]) == (
+        "PREEMPTED", "FAILED")
+    plan = {p.cell.name: p for p in make_plan(smoke_cells(runs), gather(index, list(ids)), selected=set(ids))}
+    assert plan["smoke/xl-part/pretrain"].reason == (
+        "failed (preempted and not requeued); --retry-failed submits it again")
+    assert plan["smoke/xl/pretrain"].reason == f"preempted as job {ids['smoke/xl/pretrain']}"
+
+    assert launcher.main([*argv, "--retry-failed"]) == 0
+    cells = read_index(runs / "smoke")["cells"]
+    assert cells["smoke/xl-part/pretrain"]["job_id"] != ids["smoke/xl-part/pretrain"]
+    assert cells["smoke/xl/pretrain"]["job_id"] == ids["smoke/xl/pretrain"]  # live: never submitted twice
 
 
 def test_dry_run_writes_and_submits_nothing(fake_slurm, launch_dir, capsys):

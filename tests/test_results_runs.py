@@ -29,7 +29,7 @@ def run_with(status: str | None = None, evaluated: bool = False, logged: bool = 
     ("running", False, "TIMEOUT", False, "failed"),  # killed before it could write its status
     ("preempted", False, "PENDING", False, "preempted"),
     ("running", False, "PREEMPTED", False, "running"),  # the run's own word until it is requeued
-    (None, False, "PREEMPTED", False, "preempted"),  # stopped by the scheduler, to be requeued
+    (None, False, "PREEMPTED", False, "failed"),  # no sign of life to wait for a requeue from: not requeued
     ("failed", False, "REQUEUED", False, "preempted"),
     (None, False, "CANCELLED by 1234", False, "failed"),  # sacct's wording
     ("failed", False, None, False, "failed"),

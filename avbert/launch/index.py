@@ -69,11 +69,12 @@ def record_submission(index: dict, cell, cluster: str, job_id: str, log: str, co
     history = list(entry.get("history", []))
     if entry.get("job_id"):
         history.append({key: entry.get(key) for key in ("job_id", "cluster", "submitted", "state")})
+    submitted = time.time()
     entry.update({
         "variant": cell.variant, "stage": cell.stage, "kind": cell.kind, "after": cell.upstream,
         "run_dir": str(cell.run_dir), "cluster": cluster, "job_id": job_id, "job_name": job_name, "log": log,
-        "state": "SUBMITTED", "submitted": now_text(), "submitted_unix": time.time(), "code_dir": str(code_dir),
-        "git_commit": commit, "history": history,
+        "state": "SUBMITTED", "state_unix": submitted, "submitted": now_text(), "submitted_unix": submitted,
+        "code_dir": str(code_dir), "git_commit": commit, "history": history,
     })
 
 

@@ -84,7 +84,7 @@ def choose_cluster(requested: Optional[str]) -> tuple[str, str]:
         raise ConfigError("sbatch is not on PATH; use --cluster local to run on this machine", "command line",
                           "--cluster")
     if requested == "local":
-        return "local", "running on this machine (submitit LocalExecutor), one cell after another"
+        return "local", "running on this machine (submitit LocalExecutor), independent cells side by side"
     if sbatch:
         return "slurm", f"submitting to Slurm (sbatch: {sbatch})"
     return "local", "sbatch is not on PATH: running on this machine (submitit LocalExecutor)"
@@ -149,8 +149,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     console.print(plan_table(plan, f"{title} (dry run)" if args.dry_run else title))
     if args.dry_run:
         return 0
+    asked = time.time()
     for name, status in statuses.items():
-        index["cells"][name]["state"] = status.state
+        index["cells"][name].update(state=status.state, state_unix=asked)
     todo = [p for p in plan if p.submit]
     if not todo:
         write_index(launch.exp_dir, index)
@@ -275,7 +276,7 @@ def _launch_local(console: Console, launch: Launch, plan: list[PlannedCell], ind
 
     def finish(name: str, error: Optional[str]) -> None:
         entry = index["cells"][name]
-        entry["state"] = "COMPLETED" if error is None else "FAILED"
+        entry.update(state="COMPLETED" if error is None else "FAILED", state_unix=time.time())
         write_index(launch.exp_dir, index)
         (finished if error is None else failed).add(name)
         if error is None:

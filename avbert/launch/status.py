@@ -6,10 +6,11 @@ executor; the run's own view from ``status.json`` (state, step, total, last
 loss), ``metrics.jsonl`` (speed, hence ETA), ``job.json`` (requeues) and the
 checkpoints. Without Slurm tools, the run directory alone is used.
 
-States: ``COMPLETED``; live scheduler states (``PENDING``, ``RUNNING``, ...,
-``PREEMPTED`` and ``REQUEUED`` for a job stopped to be requeued, and ``SUBMITTED``
-for a job the scheduler has not reported yet: ``avbert.rundir.state``); ``FAILED``
-(with the scheduler's reason: ``TIMEOUT``, ``CANCELLED``, ...); ``UNKNOWN``
+States, worded from ``avbert.rundir.state.decide_cell_state``: ``COMPLETED``; live
+scheduler states (``PENDING``, ``RUNNING``, ..., ``PREEMPTED`` and ``REQUEUED`` for a job
+stopped to be requeued, and ``SUBMITTED`` for a job the scheduler has not reported yet);
+``FAILED`` (with the reason: the scheduler's word, ``TIMEOUT``, ``CANCELLED``, ..., the
+run's error, ``preempted and not requeued``, ``job ended without eval.json``); ``UNKNOWN``
 (no live job and no record of how it ended); ``NEW`` (never submitted).
 """
 
@@ -26,17 +27,21 @@ from typing import Optional
 
 from avbert.launch.job import read_journal
 from avbert.rundir import (
-    FAILED_JOB_STATES,
+    EVAL,
+    EVALUATED_KINDS,
     LIVE_JOB_STATES,
     METRICS,
     STATUS,
-    RunState,
+    CellKind,
+    CellState,
+    decide_cell_state,
     read_json,
     read_jsonl,
 )
 
-LIVE = LIVE_JOB_STATES  # a preempted job is live: it is requeued (avbert.rundir.state)
-ENDED_BADLY = FAILED_JOB_STATES
+# The words of a live job. ``combine`` says ``PREEMPTED`` only while the job may still be
+# requeued (``avbert.rundir.state.decide_cell_state``); later the cell is ``FAILED``.
+LIVE = LIVE_JOB_STATES
 # A job the scheduler has not reported yet is taken as queued for this long after submission.
 REPORT_GRACE_S = 600
 
@@ -116,25 +121,38 @@ def read_run_status(run_dir: Path) -> Optional[dict]:
     return read_json(run_dir / STATUS)
 
 
-def combine(entry: dict, run: Optional[dict], scheduler: Optional[str]) -> tuple[str, str]:
-    """(state, detail) from the index entry, the run's status.json and the scheduler's state."""
-    run_state = (run or {}).get("state")
-    if run_state == RunState.COMPLETED:
-        return "COMPLETED", f"job {scheduler}" if scheduler in LIVE else ""
-    if scheduler in LIVE:
-        return scheduler, ""
-    if scheduler in ENDED_BADLY:
-        return "FAILED", scheduler
-    if scheduler == "COMPLETED":
-        return "FAILED", "job ended before the stage finished"
+def decide(entry: dict, run: Optional[dict], scheduler: Optional[str], evaluated: bool = False,
+           now: Optional[float] = None) -> CellState:
+    """The cell's decided state from its index entry (stage kind, submission time), the run's
+    status.json and the scheduler's current word on its job."""
+    submitted = entry.get("submitted_unix")
+    return decide_cell_state(scheduler, run, needs_eval=entry.get("kind") in EVALUATED_KINDS, evaluated=evaluated,
+                             submitted_unix=submitted if isinstance(submitted, (int, float)) else None, now=now)
+
+
+def combine(entry: dict, run: Optional[dict], scheduler: Optional[str], evaluated: bool = False,
+            now: Optional[float] = None) -> tuple[str, str]:
+    """(state, detail) from the index entry, the run's status.json, the scheduler's current state
+    and whether the run wrote its ``eval.json``: ``decide``'s decision in ``tools/status.py``'s words.
+    A state the scheduler does not confirm (no word on the job) is worded from the index entry:
+    ``NEW`` without a job, ``SUBMITTED`` within ``REPORT_GRACE_S`` of a Slurm submission, else
+    ``UNKNOWN``."""
+    decided = decide(entry, run, scheduler, evaluated, now)
+    if decided.kind is CellKind.COMPLETED:
+        return "COMPLETED", decided.reason
+    if decided.kind is CellKind.FAILED:
+        return "FAILED", decided.reason
+    if decided.live:
+        return str(scheduler).split()[0].upper(), decided.reason
     if not entry.get("job_id"):
-        return ("FAILED", "run failed") if run_state == RunState.FAILED else ("NEW", "")
-    if run_state == RunState.FAILED:
-        return "FAILED", (run or {}).get("error", "run failed")
-    submitted = entry.get("submitted_unix", 0)
-    if entry.get("cluster") == "slurm" and time.time() - submitted < REPORT_GRACE_S:
+        return "NEW", ""
+    submitted = entry.get("submitted_unix")
+    submitted = submitted if isinstance(submitted, (int, float)) else 0
+    if entry.get("cluster") == "slurm" and (time.time() if now is None else now) - submitted < REPORT_GRACE_S:
         return "SUBMITTED", "not reported by Slurm yet"
-    return "UNKNOWN", f"no live job; run state {run_state or 'none'}"
+    run_state = (run or {}).get("state") or "none"
+    unevaluated = ", no eval.json" if decided.reason == "evaluating" else ""
+    return "UNKNOWN", f"no live job; run state {run_state}{unevaluated}"
 
 
 def scheduler_states(index: dict) -> dict[str, str]:
@@ -161,7 +179,8 @@ def gather(index: dict, names: Optional[list[str]] = None, details: bool = False
         entry = index.get("cells", {}).get(name, {})
         run_dir = Path(entry["run_dir"]) if entry.get("run_dir") else None
         run = read_run_status(run_dir) if run_dir else None
-        state, detail = combine(entry, run, states.get(name))
+        evaluated = bool(run_dir) and (run_dir / EVAL).is_file()
+        state, detail = combine(entry, run, states.get(name), evaluated)
         if state == "FAILED" and run_dir:
             message = journal_failure(run_dir, entry.get("job_id"))
             if message:

@@ -24,10 +24,10 @@ from typing import Optional
 
 from avbert.config import ConfigError
 from avbert.config.loader import read_yaml
-from avbert.rundir import read_yaml_mapping
+from avbert.rundir import EVALUATED_KINDS, read_yaml_mapping
 from avbert.rundir.index import ROW_PER_STAGE_LAYOUTS, ExperimentIndex, IndexCell, read_experiment_index
 
-DOWNSTREAM_KINDS = ("finetune", "linear")
+DOWNSTREAM_KINDS = EVALUATED_KINDS
 
 
 @dataclass
@@ -80,6 +80,11 @@ class ExperimentReport:
     def job_state(self, variant: str, stage: str) -> Optional[str]:
         state = (self.jobs.get((variant, stage)) or {}).get("state")
         return str(state) if state is not None else None
+
+    def job_state_unix(self, variant: str, stage: str) -> Optional[float]:
+        """When the launcher recorded ``job_state`` (None when it did not say)."""
+        taken = (self.jobs.get((variant, stage)) or {}).get("state_unix")
+        return float(taken) if isinstance(taken, (int, float)) and not isinstance(taken, bool) else None
 
     def reference_for(self, row: RowSpec) -> dict:
         """The paper's numbers of a row: by variant, or in the layouts of a row per evaluated
@@ -162,7 +167,8 @@ def report_from_index(index: ExperimentIndex, runs_dir: Path) -> ExperimentRepor
     known = {(c.variant, c.stage) for c in cells}
     cells += [_extra_cell(runs_dir, index.experiment, variant, stage)
               for variant, stage in cells_on_disk(runs_dir, index.experiment) if (variant, stage) not in known]
-    jobs = {(c.variant, c.stage): {"state": c.state, "job_id": c.job_id} for c in index.cells}
+    jobs = {(c.variant, c.stage): {"state": c.state, "state_unix": c.state_unix, "job_id": c.job_id}
+            for c in index.cells}
     report = index.report
     reference = report.get("reference") if isinstance(report.get("reference"), dict) else {}
     return ExperimentReport(index.experiment, str(report.get("layout") or "sharing"),

@@ -33,8 +33,10 @@ from avbert.rundir import (
     EVAL,
     METRICS,
     STATUS,
+    CellKind,
+    CellState,
     RunState,
-    job_state_kind,
+    decide_cell_state,
     read_json,
     read_jsonl,
     read_yaml_mapping,
@@ -106,30 +108,41 @@ def read_stage(path: Path, stage: str) -> StageRun:
     return run
 
 
-def stage_state(run: StageRun, job_state: Optional[str] = None, needs_eval: bool = False) -> str:
-    """``done``, ``running``, ``preempted``, ``pending``, ``failed`` or ``missing``,
-    from the stage's files and the scheduler's word (the launcher's index).
+def stage_decision(run: StageRun, job_state: Optional[str] = None, needs_eval: bool = False,
+                   job_state_unix: Optional[float] = None) -> CellState:
+    """The stage's decided state (``avbert.rundir.state.decide_cell_state``) from its files and
+    the scheduler's word as the launcher last recorded it in its index (``job_state``, taken
+    at ``job_state_unix`` when known): a word the run's files may have overtaken since."""
+    return decide_cell_state(job_state, run.status, needs_eval=needs_eval, evaluated=run.eval is not None,
+                             job_state_current=False, job_state_unix=job_state_unix)
 
-    A training stage is done when its status says completed; a downstream
-    stage (``needs_eval``) only once its ``eval.json`` exists, and it is
-    running (evaluating) between the two. The scheduler wins over a status
-    file that cannot be current: a job reported failed, cancelled or timed out
-    died without writing its status, and a failed run whose job is queued or
-    running again has been resubmitted.
+
+STAGE_WORDS = {CellKind.COMPLETED: "done", CellKind.FAILED: "failed", CellKind.PENDING: "pending",
+               CellKind.RUNNING: "running", CellKind.PREEMPTED: "preempted"}
+
+
+def stage_word(run: StageRun, decided: CellState) -> str:
+    """A decided state in the results tables' words: ``done``, ``running``, ``preempted``,
+    ``pending``, ``failed`` or ``missing``; a stage not started reads ``running`` once it
+    has files (the engine writes its config before its first status) and ``missing`` before."""
+    if decided.kind is CellKind.NOT_STARTED:
+        return "running" if run.exists else "missing"
+    return STAGE_WORDS[decided.kind]
+
+
+def stage_state(run: StageRun, job_state: Optional[str] = None, needs_eval: bool = False,
+                job_state_unix: Optional[float] = None) -> str:
+    """``done``, ``running``, ``preempted``, ``pending``, ``failed`` or ``missing``, from the
+    stage's files and the scheduler's recorded word (``stage_decision``).
+
+    A training stage is done when its status says completed; a downstream stage
+    (``needs_eval``) only once its ``eval.json`` exists, and it is running (evaluating)
+    between the two, failed once its job ended without it. A job reported failed,
+    cancelled or timed out died without writing its status; a failed run whose job is
+    recorded queued or running again has been resubmitted; a preempted job that was not
+    requeued has failed.
     """
-    job = job_state_kind(job_state)
-    status = ((run.status or {}).get("state") or "").lower()
-    if run.eval is not None or (status == RunState.COMPLETED and not needs_eval):
-        return "done"
-    if job == "failed" or (status == RunState.FAILED and job not in ("pending", "running", "preempted")):
-        return "failed"
-    if status == RunState.COMPLETED:  # a downstream stage between training and its evaluation
-        return "failed" if job == "completed" else "running"
-    if status in (RunState.RUNNING, RunState.PREEMPTED):
-        return str(RunState(status))
-    if job in ("running", "pending", "preempted"):
-        return job
-    return "running" if run.exists else "missing"
+    return stage_word(run, stage_decision(run, job_state, needs_eval, job_state_unix))
 
 
 def stage_hours(run: StageRun) -> Optional[float]:
@@ -150,8 +163,9 @@ def stage_peak_mem_gb(run: StageRun) -> Optional[float]:
     return max(values) / 1024.0 if values else None
 
 
-def stage_detail(run: StageRun, state: str) -> str:
-    """A short human note: progress of a running stage, the error of a failed one."""
+def stage_detail(run: StageRun, state: str, reason: str = "") -> str:
+    """A short human note: progress of a running stage, the error of a failed one (the run's
+    own, else ``reason``: the decision's, e.g. the scheduler's word)."""
     if state == "running" and (run.status or {}).get("state") == RunState.COMPLETED:
         return f"{run.stage} evaluating"
     if state in ("running", "preempted") and run.step is not None:
@@ -160,6 +174,7 @@ def stage_detail(run: StageRun, state: str) -> str:
         error = (run.status or {}).get("error")
         if not error and (run.status or {}).get("state") == RunState.COMPLETED:
             error = "ended without eval.json"
+        error = error or reason
         return f"{run.stage}: {error}" if error else run.stage
     if state in ("pending", "missing"):
         return run.stage

@@ -61,7 +61,7 @@ from avbert.results.columns import (
     cost_columns,
 )
 from avbert.results.experiments import DOWNSTREAM_KINDS, ExperimentReport, RowSpec
-from avbert.results.runs import StageRun, row_cost, stage_detail, stage_state
+from avbert.results.runs import StageRun, row_cost, stage_decision, stage_detail, stage_word
 from avbert.results.summaries import (
     component_rows,
     seed_columns,
@@ -101,9 +101,11 @@ class RowRuns:
 def row_state(spec: ExperimentReport, row: RowRuns) -> tuple[str, str]:
     """(state, detail) of a row: that of its first stage that is not done."""
     for cell, run in zip(row.spec.chain, row.runs):
-        state = stage_state(run, spec.job_state(cell.variant, cell.stage), cell.kind in DOWNSTREAM_KINDS)
+        decided = stage_decision(run, spec.job_state(cell.variant, cell.stage), cell.kind in DOWNSTREAM_KINDS,
+                                 spec.job_state_unix(cell.variant, cell.stage))
+        state = stage_word(run, decided)
         if state != "done":
-            return state, stage_detail(run, state)
+            return state, stage_detail(run, state, decided.reason)
     return "done", ""
 
 

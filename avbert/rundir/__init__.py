@@ -1,5 +1,6 @@
 """The run directory and the experiment index, as files: their names, the one atomic
-writer and the tolerant readers every package uses, and the scheduler states.
+writer and the tolerant readers every package uses, the scheduler states, and the one
+decision of where a cell stands from both (``decide_cell_state``).
 
 A run directory (``<runs_dir>/<experiment>/<variant>/<stage>/``) holds ``config.yaml``
 (the resolved config), ``metrics.jsonl`` (one flat JSON object per log step, appended),
@@ -20,10 +21,12 @@ launcher, ``tools/status.py`` and ``collect`` read them.
 
 from avbert.rundir.files import (CONFIG, EVAL, INDEX, JOURNAL, METRICS, STATUS, file_sha256, read_json,
                                  read_jsonl, read_yaml_mapping, replaced_on_success, write_json, write_text)
-from avbert.rundir.state import (FAILED_JOB_STATES, LIVE_JOB_STATES, PENDING_JOB_STATES, PREEMPTED_JOB_STATES,
-                                 RUNNING_JOB_STATES, RunState, job_state_kind)
+from avbert.rundir.state import (EVALUATED_KINDS, FAILED_JOB_STATES, LIVE_JOB_STATES, PENDING_JOB_STATES,
+                                 PREEMPT_REQUEUE_GRACE_S, PREEMPTED_JOB_STATES, RUNNING_JOB_STATES, CellKind,
+                                 CellState, RunState, decide_cell_state, job_state_kind)
 
 __all__ = ["CONFIG", "EVAL", "INDEX", "JOURNAL", "METRICS", "STATUS", "file_sha256", "read_json", "read_jsonl",
            "read_yaml_mapping", "replaced_on_success", "write_json", "write_text", "FAILED_JOB_STATES",
            "LIVE_JOB_STATES", "PENDING_JOB_STATES", "PREEMPTED_JOB_STATES", "RUNNING_JOB_STATES",
-           "RunState", "job_state_kind"]
+           "RunState", "job_state_kind", "EVALUATED_KINDS", "PREEMPT_REQUEUE_GRACE_S", "CellKind", "CellState",
+           "decide_cell_state"]

@@ -11,7 +11,8 @@ experiment file changed. Its shape::
          "variant": "xl-part", "stage": "pretrain", "base_stage": "pretrain", "kind": "pretrain",
          "after": null, "seed": null, "base_variant": "xl-part", "config": {...resolved...},
          "run_dir": ..., "cluster": "slurm", "job_id": "41_3", "job_name": ..., "log": ...,
-         "state": "PENDING", "submitted": "2026-11-23T14:02:11", "code_dir": ..., "git_commit": ...,
+         "state": "PENDING", "state_unix": 1795446131.0, "submitted": "2026-11-23T14:02:11",
+         "submitted_unix": 1795442531.0, "code_dir": ..., "git_commit": ...,
          "history": [{"job_id": ..., "submitted": ..., "state": ...}]}},
      "launches": [{"time": ..., "cluster": ..., "profile": ..., "code_dir": ..., "submitted": [...]}]}
 
@@ -45,6 +46,7 @@ class IndexCell:
     config: Optional[dict] = None  # the resolved config the cell was launched with
     run_dir: Optional[str] = None
     state: Optional[str] = None  # the scheduler's last known state
+    state_unix: Optional[float] = None  # when the launcher recorded it (at the latest submission, at least)
     job_id: Optional[str] = None
     git_commit: Optional[str] = None
 
@@ -66,9 +68,17 @@ class IndexCell:
                    seed=seed if isinstance(seed, int) else None,
                    base_variant=str(entry["base_variant"]) if entry.get("base_variant") else None,
                    config=config if isinstance(config, dict) else None,
-                   run_dir=entry.get("run_dir"), state=entry.get("state"),
+                   run_dir=entry.get("run_dir"), state=entry.get("state"), state_unix=_recorded_at(entry),
                    job_id=str(entry["job_id"]) if entry.get("job_id") is not None else None,
                    git_commit=entry.get("git_commit"))
+
+
+def _recorded_at(entry: dict) -> Optional[float]:
+    """When the entry's state was recorded: ``state_unix``, and no earlier than its job's submission
+    (``submitted_unix``); None when the entry gives neither."""
+    times = [float(entry[key]) for key in ("state_unix", "submitted_unix")
+             if isinstance(entry.get(key), (int, float)) and not isinstance(entry.get(key), bool)]
+    return max(times) if times else None
 
 
 @dataclass(frozen=True)
