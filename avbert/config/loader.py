@@ -19,6 +19,37 @@ from typing import Any, Literal, Union
 import yaml
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that an integer past Python's digit limit
+    (``sys.get_int_max_str_digits``) is a YAML error at its line, like any other bad value,
+    instead of the ValueError that ``int()`` raises, or that every message printing a
+    hexadecimal or binary one that long would raise later."""
+
+    def construct_yaml_int(self, node):
+        try:
+            value = super().construct_yaml_int(node)
+            str(value)
+        except ValueError as err:
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read this integer ({str(err).split(';')[0]})",
+                                                    node.start_mark) from None
+        return value
+
+
+_SafeLoader.add_constructor("tag:yaml.org,2002:int", _SafeLoader.construct_yaml_int)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, with nesting deeper than Python's stack (RecursionError) a YAML
+    error at the line where reading stopped."""
+    loader = _SafeLoader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise yaml.MarkedYAMLError(problem="nested too deeply", problem_mark=loader.get_mark()) from None
+    finally:
+        loader.dispose()
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be accepted, with where and why."""
 
@@ -172,7 +203,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError(f"override {text!r} has an empty key", "command line")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         problem = str(getattr(err, "problem", None) or err).splitlines()[0]
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem})", "command line",
@@ -208,7 +239,7 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as err:
         raise ConfigError(f"not a text file: byte {err.start} is not UTF-8", str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"not valid YAML: {err}", str(path)) from None
     if data is None:

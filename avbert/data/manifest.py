@@ -23,13 +23,16 @@ Every dataset (Kinetics-700, Kinetics-Sounds, UCF101, ESC-50, Charades, AudioSet
 - Relative paths are relative to the manifest's folder.
 
 Class names live beside the manifest in ``<name>.classes.txt`` (one per line, the line
-number is the class index). Loading a manifest whose records point at files that do not
-exist is refused, naming how many and the first few.
+number is the class index). A line that is not such a record (not UTF-8, not JSON, a
+missing field, a value of the wrong type) is refused as a ``ManifestError`` naming the
+file and the line; loading a manifest whose records point at files that do not exist is
+refused, naming how many and the first few with their lines.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
@@ -39,6 +42,49 @@ from typing import Iterable, Optional
 from avbert.rundir import replaced_on_success
 
 MISSING_SHOWN = 5
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read: the message names the file, and the line at fault."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_class_list(value) -> bool:
+    return isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value)
+
+
+# What each field of a record may hold (besides ``window``, checked on its own), and how
+# a refusal says it; None is allowed where the field is optional.
+FIELD_CHECKS = {
+    "id": (lambda v: isinstance(v, str), "a string", False),
+    "video": (lambda v: isinstance(v, str), "a path", True),
+    "audio": (lambda v: isinstance(v, str), "a path", True),
+    "splits": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of split names", False),
+    "duration": (_is_number, "a number of seconds", False),
+    "label": (lambda v: _is_int(v) and v >= 0, "a class index (an integer >= 0)", True),
+    "labels": (_is_class_list, "a list of class indices (integers >= 0)", True),
+    "fps": (_is_number, "a number", True),
+    "num_frames": (_is_int, "an integer", True),
+    "codec": (lambda v: isinstance(v, str), "a string", True),
+    "width": (_is_int, "an integer", True),
+    "height": (_is_int, "an integer", True),
+    "sample_rate": (_is_int, "an integer", True),
+    "video_bytes": (_is_int, "an integer", True),
+    "audio_bytes": (_is_int, "an integer", True),
+    "vfr": (lambda v: isinstance(v, bool), "true or false", False),
+}
+
+
+def _shown(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass
@@ -63,25 +109,32 @@ class MediaRecord:
     vfr: bool = False
     window: Optional[list[float]] = None  # [start, end] seconds; None: the whole file
     index: int = field(default=-1, compare=False)  # position in the manifest, set on load
+    line: int = field(default=0, compare=False)  # line number in the manifest file, set on load
 
     def to_json(self) -> str:
         data = asdict(self)
         data.pop("index")
+        data.pop("line")
         return json.dumps(data, sort_keys=False)
 
     @classmethod
     def from_dict(cls, data: dict, index: int = -1) -> "MediaRecord":
         """A record from its JSON form; also accepts the writer-style ``split`` string."""
+        if not isinstance(data, dict):
+            raise ValueError(f"manifest record {index} is not a JSON object: {_shown(data)}")
         data = dict(data)
         if "splits" not in data and "split" in data:
             split = data.pop("split")
-            data["splits"] = [split] if isinstance(split, str) else list(split)
-        if "id" not in data:
-            data["id"] = Path(data.get("video") or data.get("audio") or str(index)).stem
-        known = {f.name for f in fields(cls)} - {"index"}
+            data["splits"] = [split] if isinstance(split, str) else split
         missing = {"video", "audio", "splits", "duration"} - set(data)
         if missing:
             raise ValueError(f"manifest record {index} lacks {sorted(missing)}")
+        for key, (valid, what, optional) in FIELD_CHECKS.items():
+            if key in data and not (optional and data[key] is None) and not valid(data[key]):
+                raise ValueError(f"manifest record {index}: {key} must be {what}, got {_shown(data[key])}")
+        if "id" not in data:
+            data["id"] = Path(data.get("video") or data.get("audio") or str(index)).stem
+        known = {f.name for f in fields(cls)} - {"index", "line"}
         window = data.get("window")
         if window is not None:
             if (not isinstance(window, (list, tuple)) or len(window) != 2
@@ -131,7 +184,7 @@ class Manifest:
         records = [r for r in self.records if name in r.splits]
         if not records:
             found = sorted({s for r in self.records for s in r.splits})
-            raise ValueError(f"manifest {self.path} has no record in split {name!r}; splits: {found}")
+            raise ManifestError(f"manifest {self.path} has no record in split {name!r}; splits: {found}")
         return Manifest(self.path, records, self.classes)
 
 
@@ -165,19 +218,27 @@ def _resolve(path: Optional[str], base: Path) -> Optional[str]:
 
 
 def _read_records(path: Path) -> list[MediaRecord]:
+    """The records of a manifest; a ManifestError names the first line that is not one.
+    Lines are split at ``\\n`` bytes and decoded one by one, so that the number named is
+    the line an editor shows, also for a line that is not UTF-8."""
     records = []
-    with open(path) as handle:
-        for line_no, line in enumerate(handle):
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ManifestError(f"{path}:{line_no}: not UTF-8 text (byte {err.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
                 data = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no + 1}: not JSON ({err})") from None
+            except (ValueError, RecursionError) as err:  # also numbers past int's digit limit, deep nesting
+                raise ManifestError(f"{path}:{line_no}: not JSON ({err})") from None
             try:
                 record = MediaRecord.from_dict(data, index=len(records))
             except (TypeError, ValueError) as err:
-                raise ValueError(f"{path}:{line_no + 1}: {err}") from None
+                raise ManifestError(f"{path}:{line_no}: {err}") from None
+            record.line = line_no
             record.video = _resolve(record.video, path.parent)
             record.audio = _resolve(record.audio, path.parent)
             records.append(record)
@@ -196,17 +257,22 @@ def _classes(path: Path, records: list[MediaRecord]) -> list[str]:
 def missing_files(records: list[MediaRecord], threads: int = 16) -> list[str]:
     """Paths named by ``records`` that do not exist (checked in parallel: network
     file systems answer many small ``stat`` calls faster concurrently)."""
-    paths = [p for r in records for p in r.paths()]
+    return [p for _, p in _missing(records, threads)]
+
+
+def _missing(records: list[MediaRecord], threads: int = 16) -> list[tuple[int, str]]:
+    """(manifest line, path) of each path named by ``records`` that does not exist."""
+    named = [(r.line, p) for r in records for p in r.paths()]
     with ThreadPoolExecutor(threads) as pool:
-        exists = list(pool.map(os.path.exists, paths, chunksize=256))
-    return [p for p, ok in zip(paths, exists) if not ok]
+        exists = list(pool.map(os.path.exists, [p for _, p in named], chunksize=256))
+    return [item for item, ok in zip(named, exists) if not ok]
 
 
 def check_files(manifest: Manifest) -> None:
-    """Refuse a manifest that names missing files: the count and the first few."""
-    missing = missing_files(manifest.records)
+    """Refuse a manifest that names missing files: the count and the first few, with their lines."""
+    missing = _missing(manifest.records)
     if missing:
-        shown = "\n  ".join(missing[:MISSING_SHOWN])
+        shown = "\n  ".join(f"line {line}: {p}" if line else p for line, p in missing[:MISSING_SHOWN])
         more = f"\n  ... and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
         raise MissingMediaError(
             f"manifest {manifest.path}: {len(missing)} file(s) named by {len(manifest.records)} "

@@ -13,6 +13,7 @@ value is refused with the file, the key and what is allowed.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -87,7 +88,8 @@ def check_profile(profile: Profile) -> None:
     _require(profile.gpus_per_node == 0 or profile.tasks_per_node == profile.gpus_per_node,
              f"must equal gpus_per_node ({profile.gpus_per_node}): one task per GPU", profile, "tasks_per_node")
     _require(profile.cpus_per_task >= 1, f"must be >= 1, got {profile.cpus_per_task}", profile, "cpus_per_task")
-    _require(profile.mem_per_task_gb > 0, f"must be > 0, got {profile.mem_per_task_gb}", profile, "mem_per_task_gb")
+    _require(0 < profile.mem_per_task_gb < math.inf, f"must be a finite number > 0, got {profile.mem_per_task_gb}",
+             profile, "mem_per_task_gb")
     _require(profile.time_limit_min >= MIN_TIME_LIMIT_MIN,
              f"must be >= {MIN_TIME_LIMIT_MIN} minutes, got {profile.time_limit_min}", profile, "time_limit_min")
     _require(profile.requeue_limit >= 0, f"must be >= 0, got {profile.requeue_limit}", profile, "requeue_limit")

@@ -10,6 +10,7 @@ anything is submitted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -98,7 +99,8 @@ def check_resources(res: Resources, profile: Profile, source: str, key: str) -> 
         ("gpus_per_node", res.gpus_per_node <= profile.gpus_per_node,
          f"asks {res.gpus_per_node} GPUs per node but {where} has {profile.gpus_per_node}"),
         ("cpus_per_task", res.cpus_per_task >= 1, f"must be >= 1, got {res.cpus_per_task}"),
-        ("mem_per_task_gb", res.mem_per_task_gb > 0, f"must be > 0, got {res.mem_per_task_gb}"),
+        ("mem_per_task_gb", 0 < res.mem_per_task_gb < math.inf,
+         f"must be a finite number > 0, got {res.mem_per_task_gb}"),
         ("time_limit_min", res.time_limit_min >= MIN_TIME_LIMIT_MIN,
          f"must be >= {MIN_TIME_LIMIT_MIN} minutes (the time-limit signal needs room), got {res.time_limit_min}"),
         ("time_limit_min", res.time_limit_min * 60 > res.signal_delay_s,
