@@ -8,7 +8,7 @@ import torchaudio
 
 from avbert.data.audio import (LogMel, SILENCE_DB, clip_logmel, clip_windows, normalize_logmel,
                                spec_augment)
-from avbert.data.synthetic import (SyntheticAVDataset, SyntheticSpec, alignment_probe,
+from avbert.data.synthetic import (CACHE_MIN_VIDEOS, SyntheticAVDataset, SyntheticSpec, alignment_probe,
                                    class_chains, generate_video, write_media, write_raw)
 
 SPEC = SyntheticSpec()
@@ -31,6 +31,29 @@ def test_item_does_not_depend_on_which_videos_are_loaded(dataset):
     subset = SyntheticAVDataset(SPEC, indices=[7, 3])
     for key in ("video", "audio", "label", "index"):
         assert torch.equal(subset[0][key], dataset[7][key])
+
+
+def test_large_splits_are_generated_once_then_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVBERT_CACHE_DIR", str(tmp_path))
+    spec = SyntheticSpec(num_videos=CACHE_MIN_VIDEOS, holdout_every=CACHE_MIN_VIDEOS + 1)
+    first = SyntheticAVDataset(spec, split="train")
+    stored = list((tmp_path / "synthetic").iterdir())
+    assert len(stored) == 1 and stored[0].suffix == ".pt"
+    video, audio, labels, events = torch.load(stored[0], weights_only=True)
+    assert torch.equal(video, first.video) and torch.equal(audio, first.audio)
+    torch.save([video, audio, labels + 100, events], stored[0])  # marked: a load must return the mark
+    assert torch.equal(SyntheticAVDataset(spec, split="train").labels, first.labels + 100)
+
+    # Another world is another file; a damaged file is regenerated, not trusted.
+    SyntheticAVDataset(SyntheticSpec(num_videos=CACHE_MIN_VIDEOS, holdout_every=CACHE_MIN_VIDEOS + 1, seed=1),
+                       split="train")
+    assert len(list((tmp_path / "synthetic").iterdir())) == 2
+    stored[0].write_bytes(b"not a tensor file")
+    assert torch.equal(SyntheticAVDataset(spec, split="train").labels, first.labels)
+
+    monkeypatch.setenv("AVBERT_CACHE_DIR", "off")  # nothing read, nothing written
+    torch.save([video, audio, labels + 100, events], stored[0])
+    assert torch.equal(SyntheticAVDataset(spec, split="train").labels, first.labels)
 
 
 def test_item_shapes_and_dtypes(dataset):

@@ -30,14 +30,18 @@ audio-visual alignment tests.
 from __future__ import annotations
 
 import colorsys
+import hashlib
 import os
+import pickle
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
 import torch
 
+from avbert.data import audio as audio_module
 from avbert.data.audio import LogMel, clip_logmel
 
 GOLDEN = (5 ** 0.5 - 1) / 2
@@ -293,6 +297,57 @@ def _item_tensors(spec: SyntheticSpec, indices, logmel: LogMel):
     return clip_frames(frames, spec.clips), audio, labels, events
 
 
+# Splits of at least this many videos are kept on disk: every job of an experiment on the
+# synthetic set (each pretraining, each probe) would otherwise spend seconds of CPU
+# regenerating the same videos, where loading them takes a fraction of a second.
+CACHE_MIN_VIDEOS = 256
+
+
+def cache_dir() -> Path | None:
+    """Where generated splits are kept: ``$AVBERT_CACHE_DIR/synthetic`` (default
+    ``~/.cache/avbert/synthetic``); ``AVBERT_CACHE_DIR=off`` keeps nothing."""
+    root = os.environ.get("AVBERT_CACHE_DIR", str(Path.home() / ".cache" / "avbert"))
+    return None if root == "off" else Path(root) / "synthetic"
+
+
+def cache_key(spec: SyntheticSpec, indices) -> str:
+    """SHA-256 of the spec, the videos and the generator's source (this module and the
+    log-mel front end): a changed generator never reads an old file."""
+    digest = hashlib.sha256(repr((spec, list(indices))).encode())
+    for module in (__file__, audio_module.__file__):
+        digest.update(Path(module).read_bytes())
+    return digest.hexdigest()[:32]
+
+
+def load_cached(spec: SyntheticSpec, indices):
+    """The stored ``(video, audio, labels, events)`` of these videos, or None."""
+    folder = cache_dir()
+    if folder is None or len(indices) < CACHE_MIN_VIDEOS:
+        return None
+    path = folder / f"{cache_key(spec, indices)}.pt"
+    try:
+        tensors = tuple(torch.load(path, weights_only=True))
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):  # absent or damaged
+        return None
+    return tensors if len(tensors) == 4 and len(tensors[2]) == len(indices) else None
+
+
+def store_cached(spec: SyntheticSpec, indices, tensors) -> None:
+    """Write the tensors atomically (concurrent jobs may generate the same split); a
+    cache that cannot be written (read-only home, full disk) is skipped."""
+    folder = cache_dir()
+    if folder is None or len(indices) < CACHE_MIN_VIDEOS:
+        return
+    path = folder / f"{cache_key(spec, indices)}.pt"
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(list(tensors), tmp)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 class SyntheticAVDataset(torch.utils.data.Dataset):
     """In-memory synthetic videos in the suite's item format.
 
@@ -307,10 +362,14 @@ class SyntheticAVDataset(torch.utils.data.Dataset):
                  indices=None, chunk: int = 64):
         self.spec = spec
         self.indices = list(spec.indices(split) if indices is None else indices)
-        logmel = spec.logmel()
-        parts = [_item_tensors(spec, self.indices[start:start + chunk], logmel)
-                 for start in range(0, max(1, len(self.indices)), chunk)]
-        self.video, self.audio, self.labels, self.events = (torch.cat(p) for p in zip(*parts))
+        tensors = load_cached(spec, self.indices)
+        if tensors is None:
+            logmel = spec.logmel()
+            parts = [_item_tensors(spec, self.indices[start:start + chunk], logmel)
+                     for start in range(0, max(1, len(self.indices)), chunk)]
+            tensors = tuple(torch.cat(p) for p in zip(*parts))
+            store_cached(spec, self.indices, tensors)
+        self.video, self.audio, self.labels, self.events = tensors
 
     def __len__(self) -> int:
         return len(self.indices)
