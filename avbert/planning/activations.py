@@ -228,17 +228,36 @@ def objective_bytes_per_sample(model: ModelConfig, data: DataConfig, objective: 
     return int(OBJECTIVE_SITES * queries * candidates * OBJECTIVE_TENSORS_PER_QUERY * 4)
 
 
-_CACHE: dict[str, ActivationModel] = {}
+# Saved-tensor counts by what they depend on: the model, the clip shapes, the precision and
+# the second pass. The cells of an experiment differ mostly elsewhere (sampler, seed,
+# downstream set), so one measurement serves many cells.
+_CACHE: dict[tuple, tuple[SavedBytes, SavedBytes]] = {}
+
+
+def _data_shape(data: DataConfig) -> tuple:
+    """What of ``data`` the activations depend on: the clip shapes of ``synthetic_inputs``."""
+    return data.clips, data.frames_per_clip, data.crop_size, data.n_mels, data.mel_frames
 
 
 def _measure(model_cfg: ModelConfig, data: DataConfig, precision: str,
-             objective: ObjectiveConfig) -> ActivationModel:
+             second_pass: bool) -> tuple[SavedBytes, SavedBytes]:
+    """Saved bytes of one forward at batch 1 and batch 2, on fake CUDA tensors."""
     from avbert.models import AVBert
 
-    with FakeTensorMode(), torch.device("cuda"):
-        model = AVBert(model_cfg).train()
-        second_pass = objective.cpp_input == "clean"
-        one, two = (count_saved(model, data, batch, precision, second_pass) for batch in (1, 2))
+    key = (repr(model_cfg), _data_shape(data), precision, second_pass)
+    if key not in _CACHE:
+        with FakeTensorMode(), torch.device("cuda"):
+            model = AVBert(model_cfg).train()
+            _CACHE[key] = tuple(count_saved(model, data, batch, precision, second_pass) for batch in (1, 2))
+    return _CACHE[key]
+
+
+def activation_model(model_cfg: ModelConfig, data: DataConfig, precision: str,
+                     objective: ObjectiveConfig | None = None) -> ActivationModel:
+    """Activation bytes of ``model_cfg`` at ``data``'s clip shapes, linear in the batch (the
+    forward measurement is cached)."""
+    objective = objective or ObjectiveConfig()
+    one, two = _measure(model_cfg, data, precision, objective.cpp_input == "clean")
     video, audio = synthetic_inputs(data, 1, "meta")
     return ActivationModel(
         fixed=max(0, 2 * one.total - two.total),
@@ -248,13 +267,3 @@ def _measure(model_cfg: ModelConfig, data: DataConfig, precision: str,
         input_per_sample=video.numel() * video.element_size() + audio.numel() * audio.element_size(),
         objective_per_sample=objective_bytes_per_sample(model_cfg, data, objective),
     )
-
-
-def activation_model(model_cfg: ModelConfig, data: DataConfig, precision: str,
-                     objective: ObjectiveConfig | None = None) -> ActivationModel:
-    """Activation bytes of ``model_cfg`` at ``data``'s clip shapes, linear in the batch (cached)."""
-    objective = objective or ObjectiveConfig()
-    key = repr((model_cfg, data, precision, objective))
-    if key not in _CACHE:
-        _CACHE[key] = _measure(model_cfg, data, precision, objective)
-    return _CACHE[key]
