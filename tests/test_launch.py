@@ -26,7 +26,7 @@ from avbert.launch.profile import load_profile
 from avbert.launch.grid import expand
 from avbert.launch.resources import StageResources, resolve_resources
 from avbert.launch.spec import read_experiment
-from avbert.launch.status import CellStatus, gather
+from avbert.launch.status import CellStatus, gather, slurm_states
 from avbert.launch.submit import array_name, slurm_groups
 from avbert.rundir.state import PREEMPT_REQUEUE_GRACE_S
 
@@ -218,6 +218,15 @@ def test_a_preempted_job_never_requeued_is_retried_when_asked(fake_slurm, launch
     cells = read_index(runs / "smoke")["cells"]
     assert cells["smoke/xl-part/pretrain"]["job_id"] != ids["smoke/xl-part/pretrain"]
     assert cells["smoke/xl/pretrain"]["job_id"] == ids["smoke/xl/pretrain"]  # live: never submitted twice
+
+
+def test_a_preempted_job_stays_live_while_squeue_does_not_answer(fake_slurm):
+    """sacct's PREEMPTED alone does not say the job was not requeued: without squeue's answer
+    the job counts as requeued (live), so no second copy is ever submitted."""
+    (fake_slurm / "states").write_text("41|PREEMPTED\n42|COMPLETED\n")
+    assert slurm_states(["41", "42"]) == {"41": "PREEMPTED", "42": "COMPLETED"}
+    (fake_slurm / "bin" / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error: timeout' >&2\nexit 1\n")
+    assert slurm_states(["41", "42"]) == {"41": "REQUEUED", "42": "COMPLETED"}
 
 
 def test_dry_run_writes_and_submits_nothing(fake_slurm, launch_dir, capsys):

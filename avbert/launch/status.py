@@ -79,25 +79,35 @@ def slurm_tools() -> bool:
     return shutil.which("squeue") is not None and shutil.which("sacct") is not None
 
 
-def _run(cmd: list[str]) -> str:
+def _run(cmd: list[str]) -> Optional[str]:
+    """The command's output, or None when it could not answer (not started, timed out, failed)."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False).stdout
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.SubprocessError):
-        return ""
+        return None
+    return result.stdout if result.returncode == 0 else None
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """Job id (``41`` or ``41_3``) -> state, live jobs from squeue over finished ones from sacct."""
+    """Job id (``41`` or ``41_3``) -> state, live jobs from squeue over finished ones from sacct.
+
+    A job Slurm requeued after a preemption is queued again (squeue) while sacct may still
+    say ``PREEMPTED``, which alone reads as "not requeued" once the run has been quiet a
+    while (``avbert.rundir.state``). When squeue does not answer, such a job is reported
+    ``REQUEUED`` (live): the launcher must never submit a second copy of a queued job."""
     if not job_ids or not slurm_tools():
         return {}
     states: dict[str, str] = {}
     bases = sorted({job_id.split("_")[0] for job_id in job_ids})
-    for line in _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(bases)]).splitlines():
+    for line in (_run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(bases)]) or "").splitlines():
         job_id, _, state = line.partition("|")
         if state:
             states[job_id.strip()] = state.split()[0]
     user = os.environ.get("USER") or getpass.getuser()
-    for line in _run(["squeue", "-h", "-r", "-u", user, "-o", "%i|%T"]).splitlines():
+    queue = _run(["squeue", "-h", "-r", "-u", user, "-o", "%i|%T"])
+    if queue is None:
+        return {job_id: "REQUEUED" if state == "PREEMPTED" else state for job_id, state in states.items()}
+    for line in queue.splitlines():
         job_id, _, state = line.partition("|")
         if state:
             states[job_id.strip()] = state.strip()
