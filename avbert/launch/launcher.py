@@ -12,7 +12,6 @@ submitted, skipped (completed, queued or running; failed unless
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -33,7 +32,7 @@ from avbert.launch.grid import Cell, expand, select
 from avbert.launch.spec import SCALES, Experiment, read_experiment
 from avbert.launch.status import gather, read_run_status
 from avbert.launch.submit import Submitted, local_error, local_slots, start_local, submit_slurm
-from avbert.rundir import CONFIG, read_yaml_mapping
+from avbert.rundir import CONFIG, EVAL, EvalRecord, RunStatus, read_json, read_yaml_mapping
 from avbert.rundir.index import read_index, write_index
 
 DEFAULT_PROFILE = idx.REPO_ROOT / "slurm" / "profiles" / "local.yaml"
@@ -311,11 +310,11 @@ def _launch_local(console: Console, launch: Launch, plan: list[PlannedCell], ind
 
 
 def _progress_text(cell: Cell) -> str:
-    run = read_run_status(cell.run_dir) or {}
-    if run.get("step") is None:
+    run = read_run_status(cell.run_dir)
+    if run is None or run.step is None:
         return f"{cell.name}: starting"
-    loss = f" loss {run['loss']:.4g}" if isinstance(run.get("loss"), (int, float)) else ""
-    return f"{cell.name}: step {run['step']}/{run.get('total_steps')}{loss}"
+    loss = f" loss {run.loss:.4g}" if run.loss is not None else ""
+    return f"{cell.name}: step {run.step}/{run.total_steps}{loss}"
 
 
 def print_results(console: Console, launch: Launch) -> None:
@@ -341,13 +340,14 @@ def summary_table(cells: list[Cell], title: str) -> Table:
     for column in ("cell", "state", "step", "loss", "evaluation"):
         table.add_column(column)
     for cell in cells:
-        run = read_run_status(cell.run_dir) or {}
-        eval_path = cell.run_dir / "eval.json"
-        evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
-        evaluation = evaluation.get("metrics", evaluation)
-        scores = ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items() if isinstance(v, (int, float)))
-        loss = run.get("loss")
-        table.add_row(f"{cell.variant}/{cell.stage}", str(run.get("state", "-")),
-                      f"{run.get('step', '-')}/{run.get('total_steps', '-')}",
-                      f"{loss:.4g}" if isinstance(loss, (int, float)) else "-", scores or "-")
+        run = read_run_status(cell.run_dir) or RunStatus(state=None)
+        evaluation = EvalRecord.from_json(read_json(cell.run_dir / EVAL))
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in evaluation.metrics.items()) if evaluation else ""
+        table.add_row(f"{cell.variant}/{cell.stage}", str(run.state or "-"),
+                      f"{_or_dash(run.step)}/{_or_dash(run.total_steps)}",
+                      f"{run.loss:.4g}" if run.loss is not None else "-", scores or "-")
     return table
+
+
+def _or_dash(value) -> str:
+    return "-" if value is None else str(value)

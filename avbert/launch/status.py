@@ -23,7 +23,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 from avbert.launch.job import read_journal
 from avbert.rundir import (
@@ -34,6 +34,9 @@ from avbert.rundir import (
     STATUS,
     CellKind,
     CellState,
+    MetricsLine,
+    RunStatus,
+    as_run_status,
     decide_cell_state,
     read_json,
     read_jsonl,
@@ -127,26 +130,28 @@ def local_state(job_id: str) -> Optional[str]:
     return "RUNNING" if b"submitit" in command else None
 
 
-def read_run_status(run_dir: Path) -> Optional[dict]:
-    return read_json(run_dir / STATUS)
+def read_run_status(run_dir: Path) -> Optional[RunStatus]:
+    """The run's ``status.json``, typed; None when it has none (or not a JSON object)."""
+    return RunStatus.from_json(read_json(run_dir / STATUS))
 
 
-def decide(entry: dict, run: Optional[dict], scheduler: Optional[str], evaluated: bool = False,
+def decide(entry: dict, run: Optional[Mapping | RunStatus], scheduler: Optional[str], evaluated: bool = False,
            now: Optional[float] = None) -> CellState:
     """The cell's decided state from its index entry (stage kind, submission time), the run's
-    status.json and the scheduler's current word on its job."""
+    status.json (as read, or typed) and the scheduler's current word on its job."""
     submitted = entry.get("submitted_unix")
     return decide_cell_state(scheduler, run, needs_eval=entry.get("kind") in EVALUATED_KINDS, evaluated=evaluated,
                              submitted_unix=submitted if isinstance(submitted, (int, float)) else None, now=now)
 
 
-def combine(entry: dict, run: Optional[dict], scheduler: Optional[str], evaluated: bool = False,
+def combine(entry: dict, run: Optional[Mapping | RunStatus], scheduler: Optional[str], evaluated: bool = False,
             now: Optional[float] = None) -> tuple[str, str]:
     """(state, detail) from the index entry, the run's status.json, the scheduler's current state
     and whether the run wrote its ``eval.json``: ``decide``'s decision in ``tools/status.py``'s words.
     A state the scheduler does not confirm (no word on the job) is worded from the index entry:
     ``NEW`` without a job, ``SUBMITTED`` within ``REPORT_GRACE_S`` of a Slurm submission, else
     ``UNKNOWN``."""
+    run = as_run_status(run)
     decided = decide(entry, run, scheduler, evaluated, now)
     if decided.kind is CellKind.COMPLETED:
         return "COMPLETED", decided.reason
@@ -160,7 +165,7 @@ def combine(entry: dict, run: Optional[dict], scheduler: Optional[str], evaluate
     submitted = submitted if isinstance(submitted, (int, float)) else 0
     if entry.get("cluster") == "slurm" and (time.time() if now is None else now) - submitted < REPORT_GRACE_S:
         return "SUBMITTED", "not reported by Slurm yet"
-    run_state = (run or {}).get("state") or "none"
+    run_state = run.state if run is not None and run.state is not None else "none"
     unevaluated = ", no eval.json" if decided.reason == "evaluating" else ""
     return "UNKNOWN", f"no live job; run state {run_state}{unevaluated}"
 
@@ -196,8 +201,8 @@ def gather(index: dict, names: Optional[list[str]] = None, details: bool = False
             if message:
                 detail = f"{detail}: {message}" if detail else message
         status = CellStatus(name, state, detail, entry.get("job_id"), log=entry.get("log"))
-        if run:
-            status.step, status.total, status.loss = run.get("step"), run.get("total_steps"), run.get("loss")
+        if run is not None:
+            status.step, status.total, status.loss = run.step, run.total_steps, run.loss
         if run_dir and details:
             _add_details(status, run_dir, entry.get("job_id"))
         out[name] = status
@@ -232,8 +237,9 @@ def checkpoint_age(run_dir: Path) -> Optional[float]:
 
 def seconds_per_step(run_dir: Path, window: int = 20) -> Optional[float]:
     """Recent training speed from ``metrics.jsonl`` (within the current run of the job)."""
-    records = read_jsonl(run_dir / METRICS)[0][-window:]
-    points = [(r["step"], r["time/elapsed_s"]) for r in records if "time/elapsed_s" in r and "step" in r]
+    lines = [MetricsLine.from_json(record) for record in read_jsonl(run_dir / METRICS)[0][-window:]]
+    points = [(line.step, line.elapsed_s) for line in lines
+              if line is not None and line.step is not None and line.elapsed_s is not None]
     start = 0
     for i in range(1, len(points)):
         # A resumed attempt logs again from its checkpoint's step and elapsed time, both below

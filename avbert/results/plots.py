@@ -61,8 +61,8 @@ def plot_params_vs_top1(table: Table, path: Path) -> Optional[Path]:
 
 
 def _loss_points(run: StageRun) -> tuple[list[float], list[float]]:
-    points = [(r["step"], r["loss"]) for r in run.metrics
-              if isinstance(r.get("step"), (int, float)) and isinstance(r.get("loss"), (int, float))]
+    points = [(line.step, line.get("loss")) for line in run.metric_lines
+              if line.step is not None and line.get("loss") is not None]
     return [p[0] for p in points], [p[1] for p in points]
 
 

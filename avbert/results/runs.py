@@ -35,7 +35,10 @@ from avbert.rundir import (
     STATUS,
     CellKind,
     CellState,
+    EvalRecord,
+    MetricsLine,
     RunState,
+    RunStatus,
     decide_cell_state,
     read_json,
     read_jsonl,
@@ -45,7 +48,9 @@ from avbert.rundir import (
 
 @dataclass
 class StageRun:
-    """What one stage of one cell left on disk."""
+    """What one stage of one cell left on disk: the files' objects as read (``status``,
+    ``eval``, ``metrics``: what the tables pass on), and the same as typed records
+    (``run_status``, ``eval_record``, ``metric_lines``) for the questions asked of them."""
 
     stage: str
     path: Path
@@ -61,22 +66,42 @@ class StageRun:
         return self.config is not None or self.status is not None or bool(self.metrics)
 
     @property
+    def run_status(self) -> Optional[RunStatus]:
+        """``status.json``, typed; None without one."""
+        return RunStatus.from_json(self.status)
+
+    @property
+    def eval_record(self) -> Optional[EvalRecord]:
+        """``eval.json``, typed; None without one."""
+        return EvalRecord.from_json(self.eval)
+
+    @property
+    def metric_lines(self) -> list[MetricsLine]:
+        """The readable lines of ``metrics.jsonl``, typed."""
+        return [line for line in map(MetricsLine.from_json, self.metrics) if line is not None]
+
+    @property
     def step(self) -> Optional[int]:
-        if self.status and self.status.get("step") is not None:
-            return int(self.status["step"])
-        return int(self.metrics[-1]["step"]) if self.metrics and "step" in self.metrics[-1] else None
+        """The step the status names, else the last logged line's."""
+        status = self.run_status
+        if status is not None and status.step is not None:
+            return status.step
+        lines = self.metric_lines
+        return lines[-1].step if lines else None
 
     @property
     def total_steps(self) -> Optional[int]:
-        if self.status and self.status.get("total_steps") is not None:
-            return int(self.status["total_steps"])
+        status = self.run_status
+        if status is not None and status.total_steps is not None:
+            return status.total_steps
         train = (self.config or {}).get("train") or {}
         return train.get("steps")
 
     @property
     def device(self) -> Optional[str]:
         """``cuda`` or ``cpu`` when the run says so (status, then config), else None."""
-        named = (self.status or {}).get("device") or ((self.config or {}).get("train") or {}).get("device")
+        status = self.run_status
+        named = (status.device if status else None) or ((self.config or {}).get("train") or {}).get("device")
         if not named or named == "auto":
             return None
         return "cuda" if str(named).startswith("cuda") else "cpu"
@@ -103,8 +128,8 @@ def read_stage(path: Path, stage: str) -> StageRun:
     run.metrics, run.unreadable_lines = read_jsonl(path / METRICS)
     run.status = read_json(path / STATUS)
     run.eval = read_json(path / EVAL)
-    recorded = (run.status or {}).get("world_size") or checkpoint_world_size(path)
-    run.world_size = int(recorded) if recorded else 1
+    status = run.run_status
+    run.world_size = (status.world_size if status else None) or checkpoint_world_size(path) or 1
     return run
 
 
@@ -149,30 +174,36 @@ def stage_hours(run: StageRun) -> Optional[float]:
     """Training wall time x ranks: the last logged ``time/elapsed_s``, which the engine carries
     over a resume (the checkpoint records it), so it covers every attempt up to the last
     checkpoint it resumed from."""
-    elapsed = [r["time/elapsed_s"] for r in run.metrics if isinstance(r.get("time/elapsed_s"), (int, float))]
+    elapsed = logged(run, "time/elapsed_s")
     return elapsed[-1] * run.world_size / 3600.0 if elapsed else None
 
 
+def logged(run: StageRun, name: str) -> list[float]:
+    """Every number logged under ``name``, in order (lines without one left out)."""
+    return [value for value in (line.get(name) for line in run.metric_lines) if value is not None]
+
+
 def stage_clips_per_s(run: StageRun) -> Optional[float]:
-    values = [r["perf/clips_per_s"] for r in run.metrics if isinstance(r.get("perf/clips_per_s"), (int, float))]
+    values = logged(run, "perf/clips_per_s")
     return float(statistics.median(values)) if values else None
 
 
 def stage_peak_mem_gb(run: StageRun) -> Optional[float]:
-    values = [r["perf/peak_mem_mb"] for r in run.metrics if isinstance(r.get("perf/peak_mem_mb"), (int, float))]
+    values = logged(run, "perf/peak_mem_mb")
     return max(values) / 1024.0 if values else None
 
 
 def stage_detail(run: StageRun, state: str, reason: str = "") -> str:
     """A short human note: progress of a running stage, the error of a failed one (the run's
     own, else ``reason``: the decision's, e.g. the scheduler's word)."""
-    if state == "running" and (run.status or {}).get("state") == RunState.COMPLETED:
+    status = run.run_status or RunStatus(state=None)
+    if state == "running" and status.state is RunState.COMPLETED:
         return f"{run.stage} evaluating"
     if state in ("running", "preempted") and run.step is not None:
         return f"{run.stage} {run.step}/{run.total_steps if run.total_steps is not None else '?'}"
     if state == "failed":
-        error = (run.status or {}).get("error")
-        if not error and (run.status or {}).get("state") == RunState.COMPLETED:
+        error = status.error
+        if not error and status.state is RunState.COMPLETED:
             error = "ended without eval.json"
         error = error or reason
         return f"{run.stage}: {error}" if error else run.stage
@@ -201,7 +232,8 @@ def provenance(runs: list[StageRun]) -> dict:
     for run in present:
         data = (run.config or {}).get("data") or {}
         path = data.get("manifest") if data.get("source") == "manifest" else None
-        digest = (run.status or {}).get("manifest_sha256")
+        status = run.run_status
+        digest = status.manifest_sha256 if status else None
         if path and digest:
             hashes.setdefault(str(path), set()).add(str(digest))
     notes = []

@@ -19,7 +19,10 @@ import math
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
+
+if TYPE_CHECKING:
+    from avbert.rundir.records import RunStatus
 
 
 class RunState(str, Enum):
@@ -111,13 +114,6 @@ def _time(value) -> Optional[float]:
     return float(value)
 
 
-def _run_state(status: Mapping) -> Optional[RunState]:
-    try:
-        return RunState(str(status.get("state") or "").lower())
-    except ValueError:
-        return None
-
-
 def _superseded(run: Optional[RunState], run_unix: Optional[float], word_unix: Optional[float]) -> bool:
     """Whether the run's word is newer than a recorded job word: by their times when both are
     known; else a run's ``running``, ``preempted`` or ``completed`` is (a run writes them only
@@ -136,7 +132,7 @@ def _may_be_requeued(last_seen: Optional[float], as_of: Optional[float]) -> bool
     return last_seen is not None and as_of is not None and as_of - last_seen <= PREEMPT_REQUEUE_GRACE_S
 
 
-def decide_cell_state(job_state: Optional[str], status: Optional[Mapping], *, needs_eval: bool = False,
+def decide_cell_state(job_state: Optional[str], status: Optional[Mapping | RunStatus], *, needs_eval: bool = False,
                       evaluated: bool = False, job_state_current: bool = True,
                       job_state_unix: Optional[float] = None, submitted_unix: Optional[float] = None,
                       now: Optional[float] = None) -> CellState:
@@ -147,8 +143,9 @@ def decide_cell_state(job_state: Optional[str], status: Optional[Mapping], *, ne
     scheduler's answer now (``tools/status.py``, the launcher); False for a word recorded
     earlier (the index the results tables read), taken at ``job_state_unix`` when known.
     ``status``: the run's ``status.json`` (its ``state``, ``error`` and ``updated_unix`` count),
-    or None. ``needs_eval``: a downstream stage, done only with its ``eval.json``; ``evaluated``:
-    that file exists. ``submitted_unix``: when the job was submitted.
+    as read (a mapping) or as a ``RunStatus``, or None. ``needs_eval``: a downstream stage,
+    done only with its ``eval.json``; ``evaluated``: that file exists. ``submitted_unix``: when
+    the job was submitted.
 
     The rules, in order:
 
@@ -168,11 +165,14 @@ def decide_cell_state(job_state: Optional[str], status: Optional[Mapping], *, ne
       (``by_scheduler`` False): failed, running or preempted, running (evaluating) for a
       trained downstream stage without ``eval.json``; with no status either, ``NOT_STARTED``.
     """
-    status = status or {}
-    run = _run_state(status)
+    from avbert.rundir.records import as_run_status  # records builds on RunState, defined here
+
+    status = as_run_status(status)
+    run = status.state if status is not None else None
+    error = status.error if status is not None else None
+    run_unix = status.updated_unix if status is not None else None
     word = str(job_state).split()[0].upper() if job_state and str(job_state).split() else None
     job = job_state_kind(word)
-    error = status.get("error")
     if evaluated or (run is RunState.COMPLETED and not needs_eval):
         return CellState(CellKind.COMPLETED, f"job {word}" if job in ("pending", "running", "preempted") else "")
     if job == "failed":
@@ -185,7 +185,6 @@ def decide_cell_state(job_state: Optional[str], status: Optional[Mapping], *, ne
         else:
             reason = "job ended before the stage finished"
         return CellState(CellKind.FAILED, reason, True)
-    run_unix = _time(status.get("updated_unix"))
     word_unix = None if job_state_current else _time(job_state_unix)
     if job is not None and not job_state_current and _superseded(run, run_unix, word_unix):
         job = None  # the run wrote after the word was recorded: its own word is the newer one

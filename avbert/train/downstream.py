@@ -34,7 +34,7 @@ from avbert.models.heads import (
     DownstreamClassifier,
     feature_modalities,
 )
-from avbert.rundir import EVAL, RunState, write_json
+from avbert.rundir import EVAL, EvalRecord, MetricsLine, RunState, write_json
 from avbert.train.checkpoint import strip_prefix
 from avbert.train.classification import (
     aggregate_views,
@@ -261,20 +261,20 @@ def evaluate(cfg: Config, classifier: DownstreamClassifier, env: DistEnv) -> dic
 def eval_record(cfg: Config, classifier: DownstreamClassifier, result: dict, model_config: dict, step: int) -> dict:
     from avbert.models import count_parameters
 
-    return {"task": cfg.downstream.task, "protocol": classifier.protocol, "feature": classifier.feature,
-            "split": cfg.downstream.split, "metrics": result["metrics"], "videos": result["videos"],
-            "views_per_video": result["views_per_video"], "test_views": cfg.data.test_views,
-            "test_crops": cfg.data.test_crops, "num_classes": classifier.head[-1].out_features,
-            "multilabel": classifier.multilabel, "map_classes": result["map_classes"], "step": step,
-            "pretrained": cfg.downstream.pretrained, "model_config": model_config,
-            "params": count_parameters(classifier.model)}
+    return EvalRecord(task=cfg.downstream.task, protocol=classifier.protocol, feature=classifier.feature,
+                      split=cfg.downstream.split, metrics=result["metrics"], videos=result["videos"],
+                      views_per_video=tuple(result["views_per_video"]), test_views=cfg.data.test_views,
+                      test_crops=cfg.data.test_crops, num_classes=classifier.head[-1].out_features,
+                      multilabel=classifier.multilabel, map_classes=result["map_classes"], step=step,
+                      pretrained=cfg.downstream.pretrained, model_config=model_config,
+                      params=count_parameters(classifier.model)).to_json()
 
 
 def write_eval(run_dir: Path, record: dict, loggers=("jsonl",)) -> Path:
     """``eval.json`` (atomically) and its metrics as the last ``metrics.jsonl`` line."""
     path = run_dir / EVAL_FILE
     write_json(path, record, sort_keys=True)
-    line = {"step": record["step"], **{f"eval/{k}": v for k, v in record["metrics"].items()}}
+    line = MetricsLine(record["step"], {f"eval/{k}": v for k, v in record["metrics"].items()}).to_json()
     metrics = MetricsFile(run_dir, enabled=True)
     metrics.open_sinks(loggers, record.get("config") or {}, resume_step=record["step"])
     metrics.write(line)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from avbert.config import Config, dump_yaml, to_dict
-from avbert.rundir import RunState, file_sha256
+from avbert.rundir import MetricsLine, RunState, file_sha256
 from avbert.train import checkpoint as ckpt
 from avbert.train import reshard
 from avbert.train.distributed import (
@@ -304,13 +304,12 @@ class Trainer:
     # -- reporting --------------------------------------------------------------------
     def _log(self, progress: ProgressReporter) -> None:
         now = time.time()
-        record = {"step": self.step, **self.means.reduce(), "lr": self.lr}
         norm = self.last_grad_norm
-        record["grad_norm"] = float(norm) if norm is not None else None
+        values = {**self.means.reduce(), "lr": self.lr, "grad_norm": float(norm) if norm is not None else None}
         local = {"clips": self.clips, "skipped": dict(self.loader.skipped),
                  "peak_mem_mb": peak_memory_mb(self.env.device)}
-        record.update(combine_counts(gather_counts(local), now - self.interval_start))
-        record["time/elapsed_s"] = self._elapsed(now)
+        values.update(combine_counts(gather_counts(local), now - self.interval_start))
+        record = MetricsLine(self.step, values, self._elapsed(now)).to_json()
         self.clips, self.interval_start = 0, now
         self.last_record = record
         self.metrics.write(record)

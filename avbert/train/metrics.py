@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from avbert.rundir import METRICS, STATUS, read_json, read_jsonl, write_json
+from avbert.rundir import METRICS, STATUS, RunState, RunStatus, read_json, read_jsonl, write_json
 from avbert.train.distributed import all_reduce_mean
 
 
@@ -132,9 +132,11 @@ def write_status(run_dir: str | Path, state: str, step: int, total_steps: int,
     """``status.json``: state, step, total steps, last loss, update time, and what ``extra``
     adds (the engine: the device type, the world size and each rank's host name, in rank
     order; a failure: the error)."""
-    record = {"state": state, "step": step, "total_steps": total_steps, "loss": loss,
-              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "updated_unix": time.time(), **extra}
-    write_json(Path(run_dir) / STATUS, record)
+    hosts = extra.pop("hosts", None)
+    record = RunStatus(state=RunState(state), step=step, total_steps=total_steps, loss=loss,
+                       updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), updated_unix=time.time(),
+                       hosts=tuple(hosts) if hosts is not None else None, **extra)
+    write_json(Path(run_dir) / STATUS, record.to_json())
 
 
 def read_status(run_dir: str | Path) -> Optional[dict]:
