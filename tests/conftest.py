@@ -8,8 +8,8 @@ tests/test_learning_scenes.py). Both start in the background at the start of a
 session that selected a test needing them (tests/training_runs.py).
 
 World 1's negatives come from the clip's own video (``current_sequence``). The
-paper's default ``cans_similar`` does not suit this set: with 8 event types,
-one minibatch candidate in 8 shows the positive's event, and once the tokens
+paper's default ``cans_similar`` does not suit this set: with 4 event types,
+one minibatch candidate in 4 shows the positive's event, and once the tokens
 encode events the sampler favours exactly those, so MEP penalises encoding the
 event; the tokens instead cluster by video (background and hum are drawn per
 video). World 2 draws every nuisance per clip, so no video identity is there
