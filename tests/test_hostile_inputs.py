@@ -16,31 +16,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from avbert.launch import launcher
+from test_hostile_profiles_manifests import CHARACTERS, mutate_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "experiments").glob("*.yaml"))
 PROFILE = ROOT / "slurm" / "profiles" / "paper-8x8.yaml"
 TEXTS = {path.name: path.read_text() for path in SHIPPED}
-CHARACTERS = st.sampled_from(list(":{}[],-#&*!|>'\"\n\t 0123456789abcxyz._=") + ["\u00e9", "\x00", "\ufeff"])
 
 
 @st.composite
 def mutated(draw) -> tuple[str, str]:
     name = draw(st.sampled_from(sorted(TEXTS)))
-    lines = TEXTS[name].splitlines()
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["delete", "duplicate", "swap", "replace"]))
-        i = draw(st.integers(0, len(lines) - 1))
-        if kind == "delete" and len(lines) > 1:
-            del lines[i]
-        elif kind == "duplicate":
-            lines.insert(i, lines[i])
-        elif kind == "swap":
-            j = draw(st.integers(0, len(lines) - 1))
-            lines[i], lines[j] = lines[j], lines[i]
-        elif lines[i]:
-            k = draw(st.integers(0, len(lines[i]) - 1))
-            lines[i] = lines[i][:k] + draw(CHARACTERS) + lines[i][k + 1:]
+    lines = mutate_lines(draw, TEXTS[name].splitlines(), ["delete", "duplicate", "swap", "replace"], None, CHARACTERS)
     return name, "\n".join(lines) + "\n"
 
 

@@ -61,7 +61,7 @@ YAML_VALUES = st.one_of(
     st.text(alphabet=":{}[],-'\"abcxyz ._=0129&*!", max_size=10))
 
 
-def _mutate_lines(draw, lines: list[str], kinds: list[str], value, characters) -> list[str]:
+def mutate_lines(draw, lines: list[str], kinds: list[str], value, characters) -> list[str]:
     """1 to 4 random edits of ``lines``; ``value`` draws the replacement of a value."""
     lines = list(lines)
     for _ in range(draw(st.integers(1, 4))):
@@ -99,7 +99,7 @@ def _profile_value(draw, line: str) -> str:
 @st.composite
 def mutated_profile(draw) -> tuple[str, str]:
     name = draw(st.sampled_from(sorted(PROFILES)))
-    lines = _mutate_lines(draw, PROFILES[name].splitlines(), ["delete", "duplicate", "swap", "replace", "value"],
+    lines = mutate_lines(draw, PROFILES[name].splitlines(), ["delete", "duplicate", "swap", "replace", "value"],
                           _profile_value, CHARACTERS)
     return name, "\n".join(lines) + "\n"
 
@@ -235,7 +235,7 @@ def _manifest_value(draw, line: str) -> str:
 
 @st.composite
 def mutated_manifest(draw) -> bytes:
-    lines = _mutate_lines(draw, MANIFEST_LINES,
+    lines = mutate_lines(draw, MANIFEST_LINES,
                           ["delete", "duplicate", "swap", "replace", "value", "value", "cut", "blank"],
                           _manifest_value, MANIFEST_CHARACTERS)
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
