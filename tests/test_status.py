@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from avbert.launch.status import combine, gather, seconds_per_step
-from avbert.launch.status_table import duration
+from avbert.launch.status import CellStatus, combine, gather, seconds_per_step
+from avbert.launch.status_table import duration, status_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,6 +102,20 @@ def test_status_tool_works_without_slurm(tmp_path, controller):
     missing = subprocess.run([sys.executable, str(REPO / "tools" / "status.py"), "nothing", "--runs-dir",
                               str(tmp_path / "runs")], capture_output=True, text=True, timeout=120, env=env)
     assert missing.returncode == 1 and "no experiment 'nothing'" in missing.stderr
+
+
+def test_table_prints_errors_with_brackets_as_they_are():
+    """A run's error quotes a C++ source location in brackets (gloo: ``[/pytorch/.../pair.cc:547]``);
+    the table shows it verbatim instead of reading it as console markup."""
+    from rich.console import Console
+
+    error = "RuntimeError: [/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:547] Connection closed by peer"
+    statuses = {"exp/a/pretrain": CellStatus("exp/a/pretrain", "FAILED", error, "11", log="[bold]/logs/11.out")}
+    index = {"scale": "tiny", "cells": {"exp/a/pretrain": {"variant": "a", "stage": "pretrain"}}}
+    console = Console(width=400, record=True)
+    console.print(status_table("exp", index, statuses))
+    shown = console.export_text()
+    assert "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:547]" in shown and "[bold]/logs/11.out" in shown
 
 
 def test_durations_read_well():

@@ -198,8 +198,8 @@ def gather(index: dict, names: Optional[list[str]] = None, details: bool = False
         state, detail = combine(entry, run, states.get(name), evaluated)
         if state == "FAILED" and run_dir:
             message = journal_failure(run_dir, entry.get("job_id"))
-            if message:
-                detail = f"{detail}: {message}" if detail else message
+            if message:  # why the job gave up, before what its run last reported
+                detail = f"{message}; {detail}" if detail else message
         status = CellStatus(name, state, detail, entry.get("job_id"), log=entry.get("log"))
         if run is not None:
             status.step, status.total, status.loss = run.step, run.total_steps, run.loss

@@ -14,6 +14,7 @@ from typing import Optional
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from avbert.rundir import INDEX
 from avbert.rundir.index import read_index
@@ -41,10 +42,11 @@ def duration(seconds: Optional[float]) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}"
 
 
-def _state(status: CellStatus) -> str:
-    style = STATE_STYLES.get(status.state, "white")
+def _state(status: CellStatus) -> Text:
+    """The state in its colour and the detail as plain text: a detail quotes errors and paths,
+    whose brackets (``[/pytorch/...]``) must not be read as console markup."""
     detail = f" ({status.detail})" if status.detail else ""
-    return f"[{style}]{status.state}[/{style}]{detail}"
+    return Text.assemble((status.state, STATE_STYLES.get(status.state, "white")), detail)
 
 
 def status_table(name: str, index: dict, statuses: dict[str, CellStatus]) -> Table:
@@ -57,9 +59,9 @@ def status_table(name: str, index: dict, statuses: dict[str, CellStatus]) -> Tab
         entry = index["cells"].get(cell, {})
         step = f"{status.step}/{status.total}" if status.step is not None else "-"
         loss = f"{status.loss:.4g}" if isinstance(status.loss, (int, float)) else "-"
-        table.add_row(f"{entry.get('variant', '?')}/{entry.get('stage', '?')}", status.job_id or "-",
+        table.add_row(Text(f"{entry.get('variant', '?')}/{entry.get('stage', '?')}"), Text(status.job_id or "-"),
                       _state(status), step, loss, duration(status.eta_s), str(status.requeues),
-                      duration(status.checkpoint_age_s), status.log or "-")
+                      duration(status.checkpoint_age_s), Text(status.log or "-"))
     return table
 
 
