@@ -41,6 +41,16 @@ def test_unknown_override_exits_2_with_a_suggestion(capsys):
 
 
 @pytest.mark.slow
+def test_unreadable_manifest_exits_2_naming_the_file_and_line(tmp_path, capsys):
+    manifest = tmp_path / "videos.jsonl"
+    manifest.write_text('{"path": 3}\n')
+    argv = ["pretrain", "model.preset=tiny", "data.preset=tiny", "data.source=manifest", f"data.manifest={manifest}",
+            "train.device=cpu", "train.precision=fp32", f"train.run_dir={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"manifest error: {manifest}:1:") and "Traceback" not in err
+
+
 def test_single_process_pretraining_run_and_export(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

@@ -27,7 +27,7 @@ from avbert.launch.grid import expand
 from avbert.launch.resources import StageResources, resolve_resources
 from avbert.launch.spec import read_experiment
 from avbert.launch.status import CellStatus, gather, slurm_states
-from avbert.launch.submit import array_name, slurm_groups
+from avbert.launch.submit import array_name, mem_text, slurm_groups
 from avbert.rundir.state import PREEMPT_REQUEUE_GRACE_S
 
 REPO = Path(__file__).resolve().parents[1]
@@ -400,3 +400,7 @@ def test_local_cells_run_side_by_side_and_each_after_its_upstream(tmp_path):
     assert xl_start < part_end and part_start < xl_end  # the two pretrainings overlapped
     for variant in ("xl", "xl-part"):
         assert span(variant, "synthetic_eval")[0] >= span(variant, "pretrain")[1]  # the probe waited for its export
+
+
+def test_memory_is_asked_in_whole_gb_or_in_mb_rounded_up_never_zero():
+    assert [mem_text(gb) for gb in (2, 2.5, 0.3, 0.0001)] == ["2GB", "2560MB", "308MB", "1MB"]

@@ -18,6 +18,7 @@ code, time limit and signal, and the launcher waits for it.
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ class Submitted:
 
 
 def mem_text(gb: float) -> str:
-    """``--mem`` as Slurm reads it: whole GB, else MB."""
-    return f"{int(gb)}GB" if float(gb).is_integer() else f"{int(gb * 1024)}MB"
+    """``--mem`` as Slurm reads it: whole GB, else MB rounded up. Never ``0MB``, which
+    Slurm reads as all of the node's memory."""
+    return f"{int(gb)}GB" if float(gb).is_integer() else f"{max(1, math.ceil(gb * 1024))}MB"
 
 
 def code_setup(code_dir: Path) -> list[str]:

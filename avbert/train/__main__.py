@@ -3,8 +3,9 @@
 Each stage is a subcommand sharing ``--config`` and the overrides; the
 subcommand sets ``stage``. Rank and world size come from the environment
 (``torchrun``, or the Slurm launcher's exported variables), so the same
-command runs as one process or as one rank of many. A configuration error
-exits with code 2 and its message; a non-finite loss, or a checkpoint that
+command runs as one process or as one rank of many. A configuration error, or a
+manifest that cannot be read (``avbert.data.manifest.ManifestError``, naming the file
+and line), exits with code 2 and its message; a non-finite loss, or a checkpoint that
 cannot be resumed or written (``avbert.train.checkpoint.CheckpointError``: another
 ZeRO stage, damaged files, a full disk), exits with code 1 and its message.
 """
@@ -43,12 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from avbert.data.manifest import ManifestError
     from avbert.train import run_stage
     from avbert.train.checkpoint import CheckpointError
     from avbert.train.engine import NonFiniteLossError
 
     try:
         outcome = run_stage(cfg)
+    except ManifestError as err:
+        print(f"manifest error: {err}", file=sys.stderr)
+        return 2
     except (NonFiniteLossError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -224,7 +224,10 @@ DefMemPerCPU=$DEF_MEM_PER_CPU
 # A node that went DOWN (e.g. slurmd restarted) returns as soon as it registers again.
 ReturnToService=2
 MailProg=/bin/true
-SchedulerParameters=bf_interval=1
+# The main scheduling pass every 2 s, not every 60: a requeued job (time limit, preemption,
+# node failure) becomes eligible after cred_expire and is started by this pass, which
+# backfill does not do for it.
+SchedulerParameters=bf_interval=1,sched_interval=2
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 AccountingStorageType=accounting_storage/slurmdbd
