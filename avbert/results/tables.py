@@ -68,6 +68,7 @@ from avbert.results.summaries import (
     with_seed_means,
     with_split_means,
 )
+from avbert.rundir import EvalRecord
 
 
 def section(config: Optional[dict], *keys: str):
@@ -94,8 +95,10 @@ class RowRuns:
         return self.config(len(self.runs) - 1)
 
     @property
-    def evaluation(self) -> dict:
-        return (self.runs[-1].eval or {}) if self.spec.evaluated else {}
+    def evaluation(self) -> EvalRecord:
+        """The evaluated cell's ``eval.json``; an empty record for a row without one."""
+        record = self.runs[-1].eval_record if self.spec.evaluated else None
+        return record or EvalRecord()
 
 
 def row_state(spec: ExperimentReport, row: RowRuns) -> tuple[str, str]:
@@ -113,7 +116,7 @@ def row_task(row: RowRuns) -> Optional[str]:
     """The downstream task an evaluated row reports (its evaluation's, else its config's); None otherwise."""
     if row.spec.evaluated is None:
         return None
-    return row.evaluation.get("task") or section(row.last_config, "downstream", "task")
+    return row.evaluation.task or section(row.last_config, "downstream", "task")
 
 
 def row_classes(row: RowRuns) -> tuple[Optional[int], bool]:
@@ -122,8 +125,8 @@ def row_classes(row: RowRuns) -> tuple[Optional[int], bool]:
     synthetic); (None, False) when unknown, e.g. a manifest's set before it has run."""
     if row.spec.evaluated is None:
         return None, False
-    if row.evaluation.get("num_classes"):
-        return int(row.evaluation["num_classes"]), bool(row.evaluation.get("multilabel"))
+    if row.evaluation.num_classes:
+        return row.evaluation.num_classes, bool(row.evaluation.multilabel)
     config = row.last_config
     classes = section(config, "downstream", "num_classes")
     if not classes and section(config, "data", "source") == "synthetic":
@@ -169,8 +172,8 @@ def model_config(row: RowRuns) -> Optional[dict]:
     for index, cell in enumerate(row.spec.chain):
         if cell.kind == "pretrain" and section(row.config(index), "model"):
             return section(row.config(index), "model")
-    if row.evaluation.get("model_config"):
-        return row.evaluation["model_config"]
+    if row.evaluation.model_config:
+        return row.evaluation.model_config
     last = row.last_config
     return section(last, "model") if last and not section(last, "downstream", "pretrained") else None
 
@@ -182,7 +185,7 @@ def metrics_row(spec: ExperimentReport, row: RowRuns, params_of: Callable) -> di
     last = row.spec.chain[-1]
     out = {"variant": row.spec.variant, "stage": last.stage, "protocol": cell.kind if cell else "",
            "state": state, "detail": detail, "seed": last.seed, "_base_variant": last.row_variant}
-    metrics = row.evaluation.get("metrics") or {}
+    metrics = row.evaluation.metrics
     for name in METRICS:
         out[name] = float(metrics[name]) if metrics.get(name) is not None else None
     classes, multilabel = row_classes(row)
@@ -203,12 +206,17 @@ def metrics_row(spec: ExperimentReport, row: RowRuns, params_of: Callable) -> di
     return out
 
 
+def recorded(value, configured):
+    """What the evaluation recorded, else what the config asked for."""
+    return value if value is not None else configured
+
+
 def weights_label(row: RowRuns, pretrained_label: Callable) -> str:
     """Where an evaluated row's weights come from: its upstream stage's name
     (``pretrain``), else the export path as ``pretrained_label`` shows it."""
     if len(row.spec.chain) > 1:
         return row.spec.chain[-2].stage
-    return pretrained_label(row.evaluation.get("pretrained", section(row.last_config, "downstream", "pretrained")))
+    return pretrained_label(recorded(row.evaluation.pretrained, section(row.last_config, "downstream", "pretrained")))
 
 
 def downstream_fields(row: RowRuns, pretrained_label: Callable) -> dict:
@@ -216,11 +224,11 @@ def downstream_fields(row: RowRuns, pretrained_label: Callable) -> dict:
     if row.spec.evaluated is None:
         return {}
     config, evaluation = row.last_config or {}, row.evaluation
-    task = evaluation.get("task") or section(config, "downstream", "task")
-    split = evaluation.get("split", section(config, "downstream", "split"))
-    views = evaluation.get("test_views", section(config, "data", "test_views"))
-    crops = evaluation.get("test_crops", section(config, "data", "test_crops"))
-    feature = evaluation.get("feature") or section(config, "downstream", "feature") or TASK_FEATURE.get(task)
+    task = evaluation.task or section(config, "downstream", "task")
+    split = recorded(evaluation.split, section(config, "downstream", "split"))
+    views = recorded(evaluation.test_views, section(config, "data", "test_views"))
+    crops = recorded(evaluation.test_crops, section(config, "data", "test_crops"))
+    feature = evaluation.feature or section(config, "downstream", "feature") or TASK_FEATURE.get(task)
     return {"dataset": DATASET_LABELS.get(task, task), "feature": FEATURE_LABELS.get(feature, feature),
             "_task": task, "_feature": feature,
             "split": str(split) if split is not None else None,

@@ -28,6 +28,10 @@ from typing import Callable, Optional
 import torch
 
 from avbert.config import Config, config_from_dict, to_dict
+from avbert.data.build import build_manifest_loader, build_train_loader, synthetic_spec
+from avbert.data.manifest import load_manifest
+from avbert.data.synthetic import SyntheticAVDataset
+from avbert.models import AVBert, count_parameters
 from avbert.models.heads import (
     MULTILABEL_TASKS,
     TASK_FEATURE,
@@ -44,6 +48,7 @@ from avbert.train.classification import (
 from avbert.train.distributed import DistEnv, setup_distributed
 from avbert.train.engine import ExportFn, TrainOutcome, run_training
 from avbert.train.metrics import MetricsFile, write_status
+from avbert.train.pretrain import apply_speed_switches, load_exported_model
 
 EXPORT_FORMAT = "avbert-downstream-1"
 EVAL_FILE = EVAL
@@ -57,9 +62,6 @@ def protocol_of(cfg: Config) -> str:
 
 def load_backbone(cfg: Config):
     """(AVBert, its model config dict): from the fp32 export, or fresh from ``cfg.model``."""
-    from avbert.models import AVBert
-    from avbert.train.pretrain import apply_speed_switches, load_exported_model
-
     if cfg.downstream.pretrained:
         model = load_exported_model(cfg.downstream.pretrained)
         model_config = to_dict(model.cfg)
@@ -97,8 +99,6 @@ def classifier_export(cfg: Config, model_config: dict, classifier: DownstreamCla
 
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> DownstreamClassifier:
     """Rebuild a trained classifier from its ``export/model.pt`` alone."""
-    from avbert.models import AVBert
-
     payload = torch.load(path, map_location=map_location, weights_only=True)
     if payload.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{path} is not a downstream export (format {payload.get('format')!r})")
@@ -114,8 +114,6 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
 # -- data -----------------------------------------------------------------------------
 def manifest_splits(cfg: Config) -> tuple[str, str]:
     """(train split, test split) of the manifest for ``downstream.split``."""
-    from avbert.data.manifest import load_manifest
-
     names = {s for r in load_manifest(cfg.data.manifest, check=False).records for s in r.splits}
     k = cfg.downstream.split
     if f"train{k}" in names and f"test{k}" in names:
@@ -131,20 +129,14 @@ def needs_audio(cfg: Config) -> bool:
 def train_loader(cfg: Config, env: DistEnv):
     """The rank's resumable training batches, on the downstream training split."""
     if cfg.data.source == "manifest":
-        from avbert.data.build import build_manifest_loader
-
         return build_manifest_loader(cfg.data, env.rank, env.world_size, cfg.train.seed, train=True,
                                      split=manifest_splits(cfg)[0], require_audio=needs_audio(cfg))
-    from avbert.data.build import build_train_loader
-
     return build_train_loader(cfg, env.rank, env.world_size)
 
 
 def dataset_classes(cfg: Config) -> tuple[int, bool]:
     """(classes, multi-label) of the configured set."""
     if cfg.data.source == "manifest":
-        from avbert.data.manifest import load_manifest
-
         manifest = load_manifest(cfg.data.manifest, check=False)
         return manifest.num_classes, manifest.multilabel
     return cfg.data.synthetic.num_classes, False
@@ -161,9 +153,6 @@ class SyntheticTestViews(torch.utils.data.Dataset):
     """
 
     def __init__(self, data, views: int, crops: int):
-        from avbert.data.build import synthetic_spec
-        from avbert.data.synthetic import SyntheticAVDataset
-
         spec = replace(synthetic_spec(data), clips=data.clips + views - 1)
         self.videos = SyntheticAVDataset(spec, split="val")
         self.clips, self.views, self.crops = data.clips, views, crops
@@ -197,8 +186,6 @@ def synthetic_eval_loader(data, rank: int, world_size: int):
 def eval_loader(cfg: Config, env: DistEnv):
     """This rank's share of the test split, every sample with its views stacked first."""
     if cfg.data.source == "manifest":
-        from avbert.data.build import build_manifest_loader
-
         return build_manifest_loader(cfg.data, env.rank, env.world_size, cfg.train.seed, train=False,
                                      split=manifest_splits(cfg)[1], require_audio=needs_audio(cfg))
     return synthetic_eval_loader(cfg.data, env.rank, env.world_size)
@@ -259,8 +246,6 @@ def evaluate(cfg: Config, classifier: DownstreamClassifier, env: DistEnv) -> dic
 
 
 def eval_record(cfg: Config, classifier: DownstreamClassifier, result: dict, model_config: dict, step: int) -> dict:
-    from avbert.models import count_parameters
-
     return EvalRecord(task=cfg.downstream.task, protocol=classifier.protocol, feature=classifier.feature,
                       split=cfg.downstream.split, metrics=result["metrics"], videos=result["videos"],
                       views_per_video=tuple(result["views_per_video"]), test_views=cfg.data.test_views,

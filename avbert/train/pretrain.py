@@ -16,6 +16,8 @@ import torch
 
 from avbert.config import Config, config_from_dict, to_dict
 from avbert.data.build import build_train_loader
+from avbert.models import AVBert
+from avbert.objectives import AVBertPretrainer
 from avbert.train.checkpoint import strip_prefix
 from avbert.train.distributed import setup_distributed
 from avbert.train.engine import ExportFn, TrainOutcome, run_training
@@ -26,9 +28,6 @@ MODEL_PREFIX = "model."  # AVBertPretrainer keeps the AVBert as ``.model``
 
 def build_pretrainer(cfg: Config):
     """AVBERT wrapped with the pretraining objectives, initialised from ``train.seed``."""
-    from avbert.models import AVBert
-    from avbert.objectives import AVBertPretrainer
-
     torch.manual_seed(cfg.train.seed)
     model = AVBert(cfg.model)
     apply_speed_switches(model, cfg.train)
@@ -67,8 +66,6 @@ def _read_export(path: str | Path, map_location: str | torch.device) -> dict:
 
 
 def _model_from(payload: dict, path: str | Path):
-    from avbert.models import AVBert
-
     model_cfg = config_from_dict({"model": payload["model_config"]}, source=str(path)).model
     model = AVBert(model_cfg)
     model.load_state_dict(payload["model"])
@@ -84,8 +81,6 @@ def load_exported_pretrainer(path: str | Path, map_location: str | torch.device 
     """Rebuild the model with its pretraining heads (mask embeddings, MEP scorers, CPP
     head, sampler and draw state) from an ``export/model.pt``: what
     ``avbert.objectives.evaluation.evaluate_pretraining`` scores on held-out data."""
-    from avbert.objectives import AVBertPretrainer
-
     payload = _read_export(path, map_location)
     cfg = config_from_dict(payload["config"], source=str(path))
     pretrainer = AVBertPretrainer(_model_from(payload, path), cfg.objective)
