@@ -22,10 +22,10 @@ launcher, ``tools/status.py`` and ``collect`` read them.
 
 from avbert.rundir.files import (CONFIG, EVAL, INDEX, JOURNAL, METRICS, STATUS, file_sha256, read_json,
                                  read_jsonl, read_yaml_mapping, replaced_on_success, write_json, write_text)
-from avbert.rundir.records import EvalRecord, MetricsLine, RunStatus, as_run_status
+from avbert.rundir.records import EvalRecord, MetricsLine, RunState, RunStatus, as_run_status
 from avbert.rundir.state import (EVALUATED_KINDS, FAILED_JOB_STATES, LIVE_JOB_STATES, PENDING_JOB_STATES,
                                  PREEMPT_REQUEUE_GRACE_S, PREEMPTED_JOB_STATES, RUNNING_JOB_STATES, CellKind,
-                                 CellState, RunState, decide_cell_state, job_state_kind)
+                                 CellState, decide_cell_state, job_state_kind)
 
 __all__ = ["CONFIG", "EVAL", "INDEX", "JOURNAL", "METRICS", "STATUS", "file_sha256", "read_json", "read_jsonl",
            "read_yaml_mapping", "replaced_on_success", "write_json", "write_text", "FAILED_JOB_STATES",

@@ -14,10 +14,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
-from avbert.rundir.state import RunState
+
+class RunState(str, Enum):
+    """A run's own word on itself, ``status.json``'s ``state``: the engine writes it, the
+    launcher, ``tools/status.py`` and ``collect`` read it (each beside the scheduler's
+    state, classified by ``job_state_kind``). A ``str``: it is written and compared as the
+    plain word."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PREEMPTED = "preempted"  # stopped on a signal after a complete checkpoint, to be requeued
+
+    def __str__(self) -> str:
+        return self.value
+
 
 ELAPSED = "time/elapsed_s"  # the metrics line's wall time, carried over resumes
 

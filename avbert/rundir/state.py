@@ -1,5 +1,5 @@
-"""What a cell's states mean: the run's own (``RunState``, in ``status.json``) and the
-scheduler's (``job_state_kind``), one vocabulary for the engine, the launcher,
+"""What a cell's states mean: the run's own (``RunState``, in ``status.json``,
+``avbert.rundir.records``) and the scheduler's (``job_state_kind``), one vocabulary for the engine, the launcher,
 ``tools/status.py`` and ``collect``.
 
 Slurm's states (``squeue``/``sacct``, upper case) and ``SUBMITTED`` (a job the scheduler
@@ -19,25 +19,9 @@ import math
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import Mapping, Optional
 
-if TYPE_CHECKING:
-    from avbert.rundir.records import RunStatus
-
-
-class RunState(str, Enum):
-    """A run's own word on itself, ``status.json``'s ``state``: the engine writes it, the
-    launcher, ``tools/status.py`` and ``collect`` read it (each beside the scheduler's
-    state, classified by ``job_state_kind``). A ``str``: it is written and compared as the
-    plain word."""
-
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    PREEMPTED = "preempted"  # stopped on a signal after a complete checkpoint, to be requeued
-
-    def __str__(self) -> str:
-        return self.value
+from avbert.rundir.records import RunState, RunStatus, as_run_status
 
 PENDING_JOB_STATES = frozenset({"PENDING", "SUBMITTED", "CONFIGURING", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED",
                                 "RESIZING"})
@@ -165,7 +149,6 @@ def decide_cell_state(job_state: Optional[str], status: Optional[Mapping | RunSt
       (``by_scheduler`` False): failed, running or preempted, running (evaluating) for a
       trained downstream stage without ``eval.json``; with no status either, ``NOT_STARTED``.
     """
-    from avbert.rundir.records import as_run_status  # records builds on RunState, defined here
 
     status = as_run_status(status)
     run = status.state if status is not None else None
