@@ -1,6 +1,5 @@
-"""The README's first command, the smoke experiment, launched on this machine (in the
-session's background work, tests/conftest.py) and then collected (a second launch has
-nothing to do): one table
+"""The README's first command, the smoke experiment, launched on this machine and then
+collected (a second launch has nothing to do): one table
 row per evaluated cell, each with the pretraining cell it starts from, and the
 same linear probe from scratch (no pretraining), all done, with chance beside
 top-1 and the cost of the run. The synthetic set is not one the paper reports:
@@ -9,14 +8,15 @@ no paper columns; it has 4 classes: no top-5."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from avbert.results.collect import collect
 from avbert.results.experiments import load_report
-from training_runs import smoke_command, train_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # Top-1 points the best pretrained variant gains over scratch on the 512 held-out videos:
@@ -32,9 +32,14 @@ def gain_over_scratch(table) -> float:
 
 
 @pytest.mark.slow
-def test_smoke_experiment_launched_then_collected(smoke_experiment, tmp_path):
-    runs, printed = smoke_experiment  # launched in the background (tests/conftest.py), exit 0
-    assert "Smoke: tiny sharing variants" in printed  # the launcher prints the table at the end
+def test_smoke_experiment_launched_then_collected(tmp_path):
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    command = [sys.executable, "tools/launch.py", "experiments/smoke.yaml", "--cluster", "local",
+               "--runs-dir", str(runs)]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Smoke: tiny sharing variants" in result.stdout  # the launcher prints the table at the end
 
     tables = collect(["smoke"], runs, tmp_path / "reports")
     table = tables["smoke"]
@@ -58,7 +63,7 @@ def test_smoke_experiment_launched_then_collected(smoke_experiment, tmp_path):
         assert 0.0 <= row["top1"] <= 100.0 and row["chance_top1"] == pytest.approx(25.0)  # 1 / 4 classes
         assert row["hours"] > 0 and row["clips_per_s"] > 0 and row["peak_mem_gb"] > 0 and row["params_m"] > 0
     assert "CPU-hours" in [column.header for column in table.columns]
-    assert "chance" in printed  # the chance column in the launcher's table
+    assert "chance" in result.stdout  # the chance column in the launcher's table
     assert gain_over_scratch(table) >= MIN_GAIN_OVER_SCRATCH, table.rows
     written = sorted(p.name for p in (tmp_path / "reports" / "smoke").iterdir())
     assert written == ["curves.png", "params_vs_top1.png", "table.csv", "table.json", "table.md"]
@@ -69,7 +74,6 @@ def test_smoke_experiment_launched_then_collected(smoke_experiment, tmp_path):
     code_dir = index["launches"][0]["code_dir"]  # launched from the repository, run from the snapshot
     assert {json.loads((Path(c["run_dir"]) / "job.json").read_text())["starts"][0]["code_dir"]
             for c in index["cells"].values()} == {code_dir}
-    again = subprocess.run(smoke_command(runs), cwd=ROOT, env=train_env(), capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout + again.stderr
     assert json.loads((runs / "smoke" / "index.json").read_text())["launches"] == index["launches"]

@@ -1,13 +1,11 @@
-"""Training runs started from the tests: the command-line runner, the background work the
-slow end-to-end tests share (see conftest.py) and its recipes.
+"""Training runs started from the tests: the command-line runner, the two learning
+runs the slow end-to-end tests share (see conftest.py) and their recipes.
 
-The background work takes the path a user's data takes: ``python -m avbert.train`` on one
-CPU process; for the scenes world (``avbert.data.synthetic_scenes``) the media written as
-.mp4 files, ``tools/prepare_data.py generic`` and the manifest loader; and the README's
-smoke command. It runs in two queues of one process each, started as soon as the session
-knows what it needs, so that it overlaps with the other tests: the world-1 pretraining,
-the fine-tuning from its export and the smoke experiment one after the other, and the
-scenes world beside them.
+The learning runs are the path a user's data takes: ``python -m avbert.train`` on
+one CPU process, and for the scenes world (``avbert.data.synthetic_scenes``) the
+media written as .mp4 files, ``tools/prepare_data.py generic`` and the manifest
+loader. Both start in the background as soon as the session knows it needs them,
+each on one core, so they overlap with each other and with the other tests.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +38,6 @@ def pretrain_recipe(steps: int) -> list[str]:
 
 
 PRETRAIN = SYNTHETIC + pretrain_recipe(1200)
-# Fine-tuning from PRETRAIN's export (tests/test_downstream.py).
-FINETUNE = SYNTHETIC + ["train.steps=500", "train.checkpoint_every=250", "train.log_every=50", "optim.lr=0.001",
-                        "optim.warmup_steps=20"]
 
 # The scenes world: 2560 videos of 4 classes written as H.264/AAC .mp4 (2048 train, 512 val),
 # read through the manifest loader; 800 steps, by when MEP has levelled off there.
@@ -73,41 +67,29 @@ def run_train(stage: str, run_dir: Path, overrides: list[str], timeout: float = 
     return result
 
 
-@dataclass
-class Stage:
-    """One piece of background work: shell commands run one after the other, and what the
-    tests read once they succeeded (a run directory, or a runs directory)."""
+class BackgroundRun:
+    """Commands run one after the other in a background process; ``wait`` returns
+    the run directory once they all succeeded, or raises with the log's tail."""
 
-    name: str
-    commands: list[list[str]]
-    result: Path
-
-
-class BackgroundQueue:
-    """Stages run one after the other in one background process (one core's worth of work,
-    beside the tests); ``wait(name)`` returns a stage's result once its commands succeeded,
-    while the later stages go on, or raises with the log's tail."""
-
-    def __init__(self, log: Path, stages: list[Stage]):
-        self.log, self.stages = log, {stage.name: stage for stage in stages}
-        self.markers = {stage.name: log.with_name(f"{log.stem}.{stage.name}.done") for stage in stages}
-        script = " && ".join(" && ".join(shlex.join(command) for command in stage.commands)
-                             + f" && touch {shlex.quote(str(self.markers[stage.name]))}" for stage in stages)
-        with open(self.log, "w") as out:
-            self.process = subprocess.Popen(["bash", "-c", script], cwd=ROOT, env=train_env(), stdout=out,
+    def __init__(self, name: str, run_dir: Path, commands: list[list[str]]):
+        self.name, self.run_dir = name, run_dir
+        self.log = run_dir.parent / f"{run_dir.name}.log"
+        script = " && ".join(shlex.join(command) for command in commands)
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(["bash", "-c", script], cwd=ROOT, env=train_env(), stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
 
-    def wait(self, name: str, timeout: float = 3600) -> Path:
+    def wait(self, timeout: float = 3600) -> Path:
         deadline = time.monotonic() + timeout
-        while not self.markers[name].exists():
-            if self.process.poll() is not None and not self.markers[name].exists():
-                raise RuntimeError(f"background stage {name} failed (exit {self.process.returncode}); the log "
-                                   f"{self.log} ends:\n{self.log.read_text()[-4000:]}")
+        while self.process.poll() is None:
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"background stage {name} did not finish in {timeout:.0f} s; log: {self.log}")
+                raise RuntimeError(f"{self.name} did not finish in {timeout:.0f} s; log: {self.log}")
             time.sleep(1)
-        return self.stages[name].result
+        if self.process.returncode != 0:
+            raise RuntimeError(f"{self.name} failed (exit {self.process.returncode}); the log ends:\n"
+                               f"{self.log.read_text()[-4000:]}")
+        return self.run_dir
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -115,31 +97,13 @@ class BackgroundQueue:
             self.process.wait(30)
 
 
-def synthetic_pretraining(work: Path, results: dict) -> Stage:
+def synthetic_pretraining(work: Path) -> BackgroundRun:
     """The shared pretraining run on the built-in synthetic videos, in ``work/run``."""
     run_dir = work / "run"
-    return Stage("synthetic_pretraining", [train_command("pretrain", run_dir, PRETRAIN)], run_dir)
+    return BackgroundRun("synthetic pretraining", run_dir, [train_command("pretrain", run_dir, PRETRAIN)])
 
 
-def synthetic_finetuning(work: Path, results: dict) -> Stage:
-    """Fine-tuning of the shared pretraining run's export on the synthetic labels, in ``work/run``."""
-    run_dir, pretrained = work / "run", results["synthetic_pretraining"] / "export" / "model.pt"
-    return Stage("synthetic_finetuning",
-                 [train_command("finetune", run_dir, FINETUNE + [f"downstream.pretrained={pretrained}"])], run_dir)
-
-
-def smoke_experiment(work: Path, results: dict) -> Stage:
-    """The README's first command, ``tools/launch.py experiments/smoke.yaml --cluster local``, with
-    its runs in ``work/runs``; what it prints goes to the queue's log."""
-    runs = work / "runs"
-    return Stage("smoke_experiment", [smoke_command(runs)], runs)
-
-
-def smoke_command(runs: Path) -> list[str]:
-    return [sys.executable, "tools/launch.py", "experiments/smoke.yaml", "--cluster", "local", "--runs-dir", str(runs)]
-
-
-def scenes_pretraining(work: Path, results: dict) -> Stage:
+def scenes_pretraining(work: Path) -> BackgroundRun:
     """Write the scenes world as .mp4 files, prepare its manifest as a user would, pretrain on it
     (in ``work/run``)."""
     media, manifest, run_dir = work / "media", work / "manifest" / "scenes.jsonl", work / "run"
@@ -149,4 +113,4 @@ def scenes_pretraining(work: Path, results: dict) -> Stage:
          "--workers", "0"],
         train_command("pretrain", run_dir, SCENES_PRETRAIN + [f"data.manifest={manifest}"]),
     ]
-    return Stage("scenes_pretraining", commands, run_dir)
+    return BackgroundRun("scenes pretraining", run_dir, commands)
