@@ -4,7 +4,8 @@ A checkpoint written by 2 ranks is resumed by 1 and one written by 1 rank by 2,
 through DeepSpeed's universal checkpoint (converted automatically on resume). The
 runs are ``python -m avbert.train pretrain`` (under ``torchrun --nproc_per_node 2``
 for 2 ranks) on the synthetic data, fp32, as tests/test_resume.py runs them; the
-first run is SIGKILLed right after its step-4 checkpoint. This file is also the
+first run is SIGKILLed right after its step-4 checkpoint. A ZeRO-0 run of 2 ranks is
+resumed by 1 with a direct load (no conversion). This file is also the
 per-rank script that checks what a resumed engine holds
 (``python tests/test_resume_world_size.py RUN_DIR OUT_DIR``).
 """
@@ -46,12 +47,12 @@ def pretrain(run_dir: Path, nproc: int, *extra: str, fault: str | None = None) -
     return launch(nproc, *OVERRIDES, *extra, f"train.run_dir={run_dir}", fault=fault)
 
 
-def checkpointed_at_4(root: Path, nproc: int) -> Path:
+def checkpointed_at_4(root: Path, nproc: int, zero_stage: int = 2) -> Path:
     run_dir = root / f"written_by_{nproc}"
-    killed = pretrain(run_dir, nproc, fault=f"after_checkpoint@{EVERY}")
+    killed = pretrain(run_dir, nproc, f"train.zero_stage={zero_stage}", fault=f"after_checkpoint@{EVERY}")
     assert killed.returncode != 0
     info = ckpt.latest_complete(run_dir)
-    assert (info.step, info.world_size, info.zero_stage) == (EVERY, nproc, 2)
+    assert (info.step, info.world_size, info.zero_stage) == (EVERY, nproc, zero_stage)
     return run_dir
 
 
@@ -63,6 +64,11 @@ def by_two(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def by_one(tmp_path_factory) -> Path:
     return checkpointed_at_4(tmp_path_factory.mktemp("world_size"), 1)
+
+
+@pytest.fixture(scope="module")
+def by_two_at_stage_0(tmp_path_factory) -> Path:
+    return checkpointed_at_4(tmp_path_factory.mktemp("world_size"), 2, zero_stage=0)
 
 
 def copy_run(source: Path, tmp_path: Path) -> Path:
@@ -149,6 +155,25 @@ def test_resume_at_another_world_size_continues_the_run(by_two, by_one, tmp_path
     final = ckpt.latest_complete(run_dir)
     assert (final.step, final.world_size) == (STEPS, resumed_by)
     assert read_status(run_dir)["state"] == "completed" and (run_dir / "export" / "model.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_zero_0_run_resumes_at_another_world_size_by_a_direct_load(by_two_at_stage_0, tmp_path):
+    """At ZeRO stage 0 every rank's optimizer state is whole: 1 rank loads the checkpoint of 2 as
+    it is, and the data order goes on as at stage 2."""
+    run_dir = copy_run(by_two_at_stage_0, tmp_path)
+    resumed = pretrain(run_dir, 1, "train.zero_stage=0")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    said = (f"resuming {ckpt.step_dir(run_dir, EVERY)} (written by world size 2) with world size 1 (direct load): "
+            f"epoch 0 continues at sample 64 of its order; no sample of it is repeated or skipped")
+    assert said in resumed.stderr
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in records[:EVERY]] == [r["loss"] for r in read_metrics(by_two_at_stage_0)]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    final = ckpt.latest_complete(run_dir)
+    assert (final.step, final.world_size, final.zero_stage) == (STEPS, 1, 0)
+    assert read_status(run_dir)["state"] == "completed"
 
 
 @pytest.mark.slow
