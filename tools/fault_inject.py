@@ -44,7 +44,8 @@ DEFAULT_OVERRIDES = ["train.steps=60", "train.log_every=1", "train.checkpoint_ev
                      "data.synthetic.num_videos=128", "optim.warmup_steps=5"]
 FAULTS = ("requeue", "sigterm", "node")
 NODE_PREFIX = "avbert-node"
-RESUMED = re.compile(r"resumed from step (\d+) of (\d+)")
+# A resume as the training log says it, with the log line's local time.
+RESUMED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d+) .*resumed from step (\d+) of (\d+)", re.M)
 
 
 def run(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -231,8 +232,11 @@ def wait_grid(grid: Grid, timeout_s: float, injector: Optional[Injector] = None,
     return {job_id: states.get(job_id, "UNKNOWN") for job_id in ids}
 
 
-def resumes(log_text: str) -> list[int]:
-    return [int(match.group(1)) for match in RESUMED.finditer(log_text)]
+def resumes(log_text: str) -> list[tuple[float, int]]:
+    """(time, step) of every resume in a job's logs, in time order."""
+    found = [(time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000, int(m.group(3)))
+             for m in RESUMED.finditer(log_text)]
+    return sorted(found)
 
 
 def cell_report(name: str, entry: dict, state: str, reference_dir: Path, lost: list[tuple[float, int, int]]) -> dict:
@@ -244,15 +248,19 @@ def cell_report(name: str, entry: dict, state: str, reference_dir: Path, lost: l
     log = Path(entry["log"]) if entry.get("log") else None
     log_text = "".join(p.read_text(errors="replace") for p in log.parent.glob(f"{job_id}_*")) if log else ""
     resumed_from = resumes(log_text)
-    # The stops in time order: those the job recorded (it saved at the stop: the newest checkpoint is
-    # the stop's step) and those of lost runs (the newest complete checkpoint the injector saw).
+    # The stops: those the job recorded (it saved at the stop: the newest checkpoint is the stop's
+    # step) and those of lost runs (the newest complete checkpoint the injector saw). Each is matched
+    # with the first resume after it: a node lost again before the job ran again shares that resume;
+    # with no resume after it, the run started afresh, which loses nothing saved only when nothing
+    # had been saved.
     ordered = sorted([(s["time"], s["step"], s["step"]) for s in stops if s.get("step") is not None] + list(lost))
     beyond, unmatched = 0, False
-    for i, (_, _step, ckpt) in enumerate(ordered):
-        if i >= len(resumed_from):
+    for stopped_at, _step, ckpt in ordered:
+        after = [step for when, step in resumed_from if when > stopped_at]
+        if after:
+            beyond += max(ckpt - after[0], 0)
+        elif ckpt > 0:
             unmatched = True
-            break
-        beyond += max(ckpt - resumed_from[i], 0)
     reference = losses(reference_dir)
     return {"cell": name, "state": state, "requeues": max(len(starts) - 1, 0), "stops": len(ordered),
             "resumes": len(resumed_from), "lost_beyond": None if unmatched else beyond,
@@ -328,7 +336,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"cells finished: {finished}/{len(reports)}")
     print(f"requeues: {requeues}")
     print(f"steps lost beyond the checkpoint interval: {lost_total}"
-          + (f" (not computable for {unknown_lost}: fewer resumes than stops)" if unknown_lost else ""))
+          + (f" (not computable for {unknown_lost}: no resume after a stop that had a checkpoint)" if unknown_lost else ""))
     print(f"resumed trajectories equal to the uninterrupted ones: "
           f"{sum(r['equal'] for r in interrupted)}/{len(interrupted)} interrupted cells; "
           f"all cells equal: {all(r['equal'] for r in reports)}")
