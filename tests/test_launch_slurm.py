@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from avbert.rundir import JOURNAL, STATUS, read_json
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "tools" / "launch.py"
 START_HINT = "start it with slurm/local-cluster/start.sh"
@@ -188,10 +190,7 @@ def wait_step(run_dir: Path, step: int, timeout_s: float) -> None:
 
 
 def read_journal(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "job.json").read_text())
-    except (OSError, ValueError):
-        return {"starts": [], "stops": []}
+    return read_json(run_dir / JOURNAL) or {"starts": [], "stops": []}
 
 
 def wait_running_after_a_time_limit(run_dir: Path, steps_past: int, timeout_s: float) -> None:
@@ -202,11 +201,8 @@ def wait_running_after_a_time_limit(run_dir: Path, steps_past: int, timeout_s: f
         journal = read_journal(run_dir)
         stops = journal["stops"]
         if stops and stops[-1]["cause"] == "time_limit" and len(journal["starts"]) == len(stops) + 1:
-            try:
-                if json.loads((run_dir / "status.json").read_text()).get("step", 0) >= stops[-1]["step"] + steps_past:
-                    return
-            except (OSError, ValueError):
-                pass
+            if (read_json(run_dir / STATUS) or {}).get("step", 0) >= stops[-1]["step"] + steps_past:
+                return
         time.sleep(0.5)
     pytest.fail(f"{run_dir} was not running again after a time limit within {timeout_s}s: {read_journal(run_dir)}")
 

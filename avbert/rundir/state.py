@@ -1,6 +1,6 @@
-"""What a cell's states mean: the run's own (``RunState``, in ``status.json``,
-``avbert.rundir.records``) and the scheduler's (``job_state_kind``), one vocabulary for the engine, the launcher,
-``tools/status.py`` and ``collect``.
+"""What a cell's states mean: the run's own (``RunState``, in ``status.json``, defined with
+its record in ``avbert.rundir.records``) and the scheduler's (``job_state_kind``), one
+vocabulary for the engine, the launcher, ``tools/status.py`` and ``collect``.
 
 Slurm's states (``squeue``/``sacct``, upper case) and ``SUBMITTED`` (a job the scheduler
 has not reported yet) fall into four kinds: live and queued (``pending``), live and
@@ -149,7 +149,6 @@ def decide_cell_state(job_state: Optional[str], status: Optional[Mapping | RunSt
       (``by_scheduler`` False): failed, running or preempted, running (evaluating) for a
       trained downstream stage without ``eval.json``; with no status either, ``NOT_STARTED``.
     """
-
     status = as_run_status(status)
     run = status.state if status is not None else None
     error = status.error if status is not None else None
