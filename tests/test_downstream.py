@@ -16,7 +16,7 @@ import pytest
 import torch
 from training_runs import SYNTHETIC, run_train
 
-FINETUNE = SYNTHETIC + ["train.steps=500", "train.checkpoint_every=250", "train.log_every=50", "optim.lr=0.001",
+FINETUNE = SYNTHETIC + ["train.steps=250", "train.checkpoint_every=250", "train.log_every=50", "optim.lr=0.001",
                         "optim.warmup_steps=20"]
 LINEAR = SYNTHETIC + ["train.steps=40", "train.checkpoint_every=40", "train.log_every=20", "optim.lr=0.01",
                       "optim.warmup_steps=5"]
@@ -53,10 +53,10 @@ def test_finetuning_from_the_pretrained_export_runs_and_reports(pretrained, fine
 @pytest.mark.slow
 def test_finetuning_from_the_pretrained_export_beats_chance(finetuned):
     """The class is a pattern of event transitions; the val split is 512 held-out videos.
-    Fine-tuned for 500 steps from the shared pretraining run of seeds 0, 1, 2 (each with
-    its own fine-tuning seed): 64.8, 61.5 and 65.4% top-1 (chance 25%). The bar, chance +
-    28 points, sits 8.5 points below the worst."""
-    assert read_eval(finetuned)["metrics"]["top1"] >= CHANCE + 28, read_eval(finetuned)
+    Fine-tuned for 250 steps from the shared pretraining run of seeds 0, 1, 2 (each with
+    its own fine-tuning seed): 61.7, 60.7 and 63.3% top-1 (chance 25%). The bar, chance +
+    27 points, sits 8.7 points below the worst."""
+    assert read_eval(finetuned)["metrics"]["top1"] >= CHANCE + 27, read_eval(finetuned)
 
 
 @pytest.mark.slow

@@ -180,11 +180,8 @@ def test_dry_run_submits_nothing(tmp_path):
 def wait_step(run_dir: Path, step: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            if json.loads((run_dir / "status.json").read_text()).get("step", 0) >= step:
-                return
-        except (OSError, ValueError):
-            pass
+        if (read_json(run_dir / STATUS) or {}).get("step", 0) >= step:
+            return
         time.sleep(0.5)
     pytest.fail(f"{run_dir} did not reach step {step} in {timeout_s}s")
 
