@@ -69,7 +69,7 @@ def run(*cmd: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.C
 # The smoke experiment cut to a few steps, logging every step: the pipeline on Slurm, not its learning.
 QUICK_SMOKE = {"synthetic: {num_videos: 2560, num_events: 4}": "synthetic: {num_videos: 128, num_events: 4}",
                "log_every: 25": "log_every: 1",
-               "config: {train: {steps: 400}}": "config: {train: {steps: 30}}",
+               "config: {train: {steps: 300}}": "config: {train: {steps: 30}}",
                "config: {train: {steps: 200, log_every: 50}": "config: {train: {steps: 20, log_every: 1}"}
 
 
