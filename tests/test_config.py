@@ -83,6 +83,7 @@ def test_wrong_enum_lists_allowed_values(tmp_path):
         ("objective: {cpp_input: unmasked}\n", "objective.cpp_input", "allowed values"),
         ("data: {synthetic: {num_classes: 9}}\n", "data", "synthetic.num_classes must be in [1, synthetic.num_events = 8]"),
         ("data: {n_fft: 1}\n", "data", "n_fft must be >= 2 samples"),
+        ("model: {transformer: {init_std: 0}}\n", "model.transformer", "init_std must be > 0"),
     ],
 )
 def test_wrong_types_and_values(tmp_path, text, key, fragment):

@@ -112,6 +112,20 @@ def test_crops_stay_inside_the_frame():
     assert [c.top for c in portrait] == [0, 6, 11] and all(c.left == 0 for c in portrait)
 
 
+def test_flip_false_keeps_every_training_crop_unmirrored_and_the_other_draws():
+    from dataclasses import replace
+
+    unflipped = replace(SPEC, flip=False)
+    crops = [train_crop(SPEC, 48, 64, np.random.default_rng(seed)) for seed in range(64)]
+    kept = [train_crop(unflipped, 48, 64, np.random.default_rng(seed)) for seed in range(64)]
+    assert 16 <= sum(c.flip for c in crops) <= 48 and not any(c.flip for c in kept)
+    assert [replace(c, flip=False) for c in crops] == kept
+    from avbert.config import config_from_dict
+
+    data = config_from_dict({}, None, ["data.preset=tiny", "data.flip=false"]).data
+    assert ClipSpec.from_config(data).flip is False and ClipSpec.from_config(replace(data, flip=True)).flip
+
+
 def test_augmentation_depends_on_seed_epoch_and_index_only():
     record = _video(64, index=5)
     a, b = plan_sample(SPEC, record, True, 0, 3), plan_sample(SPEC, record, True, 0, 3)

@@ -84,6 +84,19 @@ def test_cross_layer_uses_the_same_tensors_in_every_layer():
     assert distinct[0].maps["query"].weight is not distinct[1].maps["query"].weight
 
 
+@pytest.mark.parametrize("init_std", [0.02, 0.069])
+def test_init_std_sets_the_dense_maps_and_the_low_rank_u(init_std):
+    cfg = tiny(layers="none", modalities="none")
+    cfg = replace(cfg, transformer=replace(cfg.transformer, init_std=init_std))
+    maps = AVBert(cfg).transformers["visual"].layers[0].maps
+    for name in MAP_NAMES:
+        assert maps[name].weight.std().item() == pytest.approx(init_std, rel=0.1), name
+        assert not maps[name].bias.any()
+    cfg = replace(cfg, sharing=SharingConfig(layers="none", modalities="lowrank", rank=cfg.sharing.rank))
+    up = AVBert(cfg).transformers["visual"].layers[0].maps["query"].up.weight
+    assert up.std().item() == pytest.approx(init_std * cfg.transformer.width**0.5, rel=0.1)  # V x has unit norm
+
+
 def test_all_sharing_uses_one_layer_for_the_three_transformers():
     model = AVBert(tiny(modalities="all"))
     q = {id(t.layers[0].maps["query"].weight) for t in model.transformers.values()}

@@ -117,6 +117,12 @@ class TransformerConfig:
     layers: int = 6
     dropout: float = 0.1
     max_clips: int = 64  # learned positions per modality
+    # Std of the normal init of the dense maps' weights: BERT's initializer_range, 0.02
+    # in the released config (INITIALIZER_RANGE), chosen for width 768. The low-rank U
+    # follows it (scaled by sqrt(fan-in), see avbert.models.sharing). At small widths
+    # 0.02 * sqrt(768 / width) keeps the paper's attention-logit scale; docs/learning.md
+    # has what each range does at width 64.
+    init_std: float = 0.02
 
     def validate(self) -> None:
         if self.width % self.heads:
@@ -126,6 +132,8 @@ class TransformerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.init_std > 0.0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
 
 
 @dataclass
@@ -230,6 +238,11 @@ class DataConfig:
     # 1e-10)) mapped to O(1) by fixed constants (avbert.data.audio).
     log_mel: Literal["ln", "db"] = "ln"
     spec_augment: float = 0.05
+    # Training crops are mirrored left-right with probability 1/2 (the released code's
+    # random horizontal flip, as SlowFast's). False keeps every training crop as decoded,
+    # for sets whose classes or events depend on left and right; test crops are never
+    # mirrored. The built-in synthetic source serves its clips unaugmented either way.
+    flip: bool = True
     batch_size: int = 8  # per GPU (per rank)
     num_workers: int = 4
     test_views: int = 10

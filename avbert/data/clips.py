@@ -21,12 +21,12 @@ all and is skipped whatever the policy (``TooShort``). (Where a clip is longer t
 ``window / T``, which only a ``clip_seconds`` shorter than a clip's frames allows, the
 step is the one that ends the last clip at the window's end.)
 
-Training draws the sequence offset, the short side of the resized frames
-(``short_side`` range), the crop position and a horizontal flip from a generator keyed
-by ``(seed, epoch, index)``, so a sample's augmentation does not depend on which worker
-or loader produced it. Testing takes ``test_views`` offsets evenly spread over the
-slack and ``test_crops`` crops along the long side of frames whose short side is
-``crop_size``.
+Training draws the sequence offset, the short side of the resized frames (``short_side``
+range), the crop position and a horizontal flip (applied where ``flip`` is set) from a
+generator keyed by ``(seed, epoch, index)``, so a sample's augmentation does not depend
+on which worker or loader produced it. Testing takes ``test_views`` offsets evenly
+spread over the slack and ``test_crops`` crops along the long side of frames whose short
+side is ``crop_size``.
 
 Audio-only records (no frame rate) use a 100 Hz tick grid in place of frames, with one
 clip being one log-mel patch (``mel_frames * hop_length`` samples).
@@ -63,6 +63,7 @@ class ClipSpec:
     test_crops: int = 3
     short_videos: str = "pad"  # "pad" or "skip": what becomes of a window too short for T clips
     log_mel: str = "db"  # the log form of avbert.data.audio.LogMel: "db" or "ln"
+    flip: bool = True  # mirror half of the training crops
 
     @classmethod
     def from_config(cls, data, train: bool = True) -> "ClipSpec":
@@ -77,7 +78,8 @@ class ClipSpec:
                    sample_rate=data.sample_rate, n_mels=data.n_mels,
                    mel_frames=data.mel_frames, hop_length=hop, n_fft=data.n_fft or 2 * hop,
                    spec_augment=data.spec_augment, test_views=data.test_views,
-                   test_crops=data.test_crops, short_videos=data.short_videos, log_mel=data.log_mel)
+                   test_crops=data.test_crops, short_videos=data.short_videos, log_mel=data.log_mel,
+                   flip=data.flip)
 
     @property
     def window_frames(self) -> int:
@@ -230,13 +232,15 @@ def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
 
 
 def train_crop(spec: ClipSpec, height: int, width: int, rng: np.random.Generator) -> CropPlan:
-    """Scale jitter over ``short_side``, a random ``crop_size`` square, a coin-flip mirror."""
+    """Scale jitter over ``short_side``, a random ``crop_size`` square, a coin-flip mirror
+    (drawn whether or not ``spec.flip`` applies it, so the other draws do not depend on it)."""
     low, high = spec.short_side
     side = max(int(rng.integers(low, high + 1)), spec.crop_size)
     out_h, out_w = resized_size(height, width, side)
     top = int(rng.integers(0, out_h - spec.crop_size + 1))
     left = int(rng.integers(0, out_w - spec.crop_size + 1))
-    return CropPlan(out_h, out_w, top, left, bool(rng.random() < 0.5))
+    mirror = bool(rng.random() < 0.5)
+    return CropPlan(out_h, out_w, top, left, mirror and spec.flip)
 
 
 def eval_crops(spec: ClipSpec, height: int, width: int) -> list[CropPlan]:

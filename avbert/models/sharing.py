@@ -98,35 +98,37 @@ class LowRankLinear(nn.Module):
         return self.up(h @ s.T)
 
 
-def dense(in_features: int, out_features: int) -> nn.Linear:
+def dense(in_features: int, out_features: int, std: float = 0.02) -> nn.Linear:
     layer = nn.Linear(in_features, out_features)
-    nn.init.normal_(layer.weight, std=0.02)
+    nn.init.normal_(layer.weight, std=std)
     nn.init.zeros_(layer.bias)
     return layer
 
 
-def _shared_up(rank: int, in_features: int, out_features: int) -> nn.Linear:
+def _shared_up(rank: int, in_features: int, out_features: int, std: float) -> nn.Linear:
     # V x is normalised to unit length, so U's init is scaled by sqrt(in) to
-    # give outputs the magnitude a dense map (std 0.02) gives a LayerNormed x.
-    layer = dense(rank, out_features)
-    nn.init.normal_(layer.weight, std=0.02 * in_features**0.5)
+    # give outputs the magnitude a dense map (std ``std``) gives a LayerNormed x.
+    layer = dense(rank, out_features, std)
+    nn.init.normal_(layer.weight, std=std * in_features**0.5)
     return layer
 
 
-def build_maps(groups: list[str], modalities: str, width: int, ffn: int, rank: int) -> dict[str, nn.ModuleDict]:
-    """The six linear maps of one layer slot for each modality group.
+def build_maps(groups: list[str], modalities: str, width: int, ffn: int, rank: int,
+               init_std: float = 0.02) -> dict[str, nn.ModuleDict]:
+    """The six linear maps of one layer slot for each modality group; dense
+    weights start at std ``init_std`` (``TransformerConfig.init_std``).
 
     Returns group -> ModuleDict(map name -> module); modules are the same
     objects across groups where the scheme shares them.
     """
     shapes = map_shapes(width, ffn)
     if modalities == "none":
-        return {g: nn.ModuleDict({n: dense(*shapes[n]) for n in MAP_NAMES}) for g in groups}
+        return {g: nn.ModuleDict({n: dense(*shapes[n], init_std) for n in MAP_NAMES}) for g in groups}
     if modalities == "all":
-        maps = nn.ModuleDict({n: dense(*shapes[n]) for n in MAP_NAMES})
+        maps = nn.ModuleDict({n: dense(*shapes[n], init_std) for n in MAP_NAMES})
         return {g: maps for g in groups}
     if modalities == "lowrank":
-        shared_up = {n: _shared_up(rank, *shapes[n]) for n in MAP_NAMES}
+        shared_up = {n: _shared_up(rank, *shapes[n], init_std) for n in MAP_NAMES}
         return {
             g: nn.ModuleDict({n: LowRankLinear(shared_up[n], shapes[n][0], rank) for n in MAP_NAMES})
             for g in groups

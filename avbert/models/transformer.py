@@ -67,7 +67,8 @@ class Transformer(nn.Module):
 def build_transformers(groups: list[str], cfg: TransformerConfig, sharing: SharingConfig) -> nn.ModuleDict:
     """One Transformer per group with the configured layer and modality sharing."""
     slots = 1 if sharing.layers == "cross_layer" else cfg.layers
-    per_slot = [build_maps(groups, sharing.modalities, cfg.width, cfg.ffn, sharing.rank) for _ in range(slots)]
+    per_slot = [build_maps(groups, sharing.modalities, cfg.width, cfg.ffn, sharing.rank, cfg.init_std)
+                for _ in range(slots)]
     transformers = {}
     for group in groups:
         slot_layers = [TransformerLayer(maps[group], cfg.width, cfg.heads, cfg.dropout) for maps in per_slot]
