@@ -56,8 +56,11 @@ def scenes_pretraining(learning_runs) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """``AVBERT_SKIP_SLURM=1`` (set by tests/run.sh when it cannot start the local cluster)
-    skips the tests marked ``slurm``, saying why, instead of failing them."""
+    """The tests that read the world-2 run go last, so the session runs the others while
+    that run trains in the background instead of waiting on it. ``AVBERT_SKIP_SLURM=1``
+    (set by tests/run.sh when it cannot start the local cluster) skips the tests marked
+    ``slurm``, saying why, instead of failing them."""
+    items.sort(key=lambda item: "scenes_pretraining" in getattr(item, "fixturenames", ()))
     if os.environ.get("AVBERT_SKIP_SLURM") != "1":
         return
     skip = pytest.mark.skip(reason="AVBERT_SKIP_SLURM=1: the local Slurm cluster was not started")
