@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from avbert.config import config_from_dict
 from avbert.data.clips import (ClipSpec, TooShort, eval_crops, eval_plans, plan_sample, resized_size,
                                sequence_layout, train_crop, train_plan)
 from avbert.data.manifest import (MediaRecord, MissingMediaError, classes_path, load_manifest,
@@ -113,15 +115,11 @@ def test_crops_stay_inside_the_frame():
 
 
 def test_flip_false_keeps_every_training_crop_unmirrored_and_the_other_draws():
-    from dataclasses import replace
-
     unflipped = replace(SPEC, flip=False)
     crops = [train_crop(SPEC, 48, 64, np.random.default_rng(seed)) for seed in range(64)]
     kept = [train_crop(unflipped, 48, 64, np.random.default_rng(seed)) for seed in range(64)]
     assert 16 <= sum(c.flip for c in crops) <= 48 and not any(c.flip for c in kept)
     assert [replace(c, flip=False) for c in crops] == kept
-    from avbert.config import config_from_dict
-
     data = config_from_dict({}, None, ["data.preset=tiny", "data.flip=false"]).data
     assert ClipSpec.from_config(data).flip is False and ClipSpec.from_config(replace(data, flip=True)).flip
 

@@ -40,16 +40,15 @@ def pretrain_recipe(steps: int) -> list[str]:
 PRETRAIN = SYNTHETIC + pretrain_recipe(1200)
 
 # The scenes world: 2560 videos of 4 classes written as H.264/AAC .mp4 (2048 train, 512 val),
-# read through the manifest loader. The same model and recipe for SCENES_STEPS steps, with two
+# read through the manifest loader. The same model and recipe for 1200 steps, with two
 # settings this world needs (docs/learning.md has the curves): no dropout (at width 64,
 # dropout 0.1 holds CPP at chance there for 800+ steps) and unmirrored training crops
 # (``data.flip=false``: a mirror shows event e's grating at event E - e's orientation, so each
 # event has two pictures to learn; with mirroring, seed 1 kept CPP at chance through 1200
 # steps). tests/test_learning_scenes.py has the figures.
 SCENES_VIDEOS = 2560
-SCENES_STEPS = 1200
 SCENES_PRETRAIN = TINY + ["data.source=manifest", "data.num_workers=1", "model.transformer.dropout=0",
-                          "data.flip=false"] + pretrain_recipe(SCENES_STEPS)
+                          "data.flip=false"] + pretrain_recipe(1200)
 
 
 def train_env() -> dict:

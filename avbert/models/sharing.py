@@ -98,7 +98,7 @@ class LowRankLinear(nn.Module):
         return self.up(h @ s.T)
 
 
-def dense(in_features: int, out_features: int, std: float = 0.02) -> nn.Linear:
+def dense(in_features: int, out_features: int, std: float) -> nn.Linear:
     layer = nn.Linear(in_features, out_features)
     nn.init.normal_(layer.weight, std=std)
     nn.init.zeros_(layer.bias)
