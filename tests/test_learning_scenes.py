@@ -25,7 +25,8 @@ import pytest
 import torch
 from learning import learning_figures, tensor_batches
 
-# Bars, each at least 8 points below the worst of four seeds (figures in the test docstrings).
+# Bars, each at least 8 points below the worst of seeds 0-4. In seed 5 CPP never started within
+# the run, and it fails the CPP bar (figures in the test docstrings, docs/learning.md).
 MIN_PROBE_GAIN = 0.17
 MIN_CPP_ACC = 0.75
 MIN_MEP_OVER_CHANCE = 0.33
@@ -74,8 +75,10 @@ def test_the_run_read_real_media_through_the_manifest_loader(scenes_pretraining,
 
 @pytest.mark.slow
 def test_cpp_pairs_sound_and_picture_by_their_events(figures):
-    """Held-out CPP (clean second pass) after 1200 steps: 86.9, 91.2, 83.4 and 84.0% over
-    seeds 0, 1, 2, 3; the bar is 75%. Only the clip's event ties sound to picture in this
+    """Held-out CPP (clean second pass) after 1200 steps: 86.9, 91.2, 83.4, 84.0 and 85.4%
+    over seeds 0-4; the bar is 75%. In seed 5 CPP stayed at chance for all 1200 steps
+    (48.4%): when CPP starts varies with the seed and the machine, and a run in which it
+    does not start in time fails here (docs/learning.md). Only the clip's event ties sound to picture in this
     world, so this is the test that CPP learns event correspondence (world 1's CPP
     recognises the video)."""
     assert figures["cpp/acc"] >= MIN_CPP_ACC, json.dumps(figures, indent=1)
@@ -84,17 +87,18 @@ def test_cpp_pairs_sound_and_picture_by_their_events(figures):
 @pytest.mark.slow
 def test_probe_on_pretrained_features_beats_the_untrained_model(figures):
     """Probe of the task's feature (the two multimodal BOS outputs beside the mean clip
-    output), held out: pretrained minus untrained 32.4, 29.3, 32.2 and 27.0 points over
-    seeds 0, 1, 2, 3 (56.4 / 54.7 / 54.1 / 53.1% against 24.0 / 25.4 / 21.9 / 26.2%; chance
-    25%); the bar is 17 points."""
+    output), held out: pretrained minus untrained 32.4, 29.3, 32.2, 27.0 and 28.9 points
+    over seeds 0-4 (56.4 / 54.7 / 54.1 / 53.1 / 54.5% against 24.0 / 25.4 / 21.9 / 26.2 /
+    25.6%; chance 25%), and 22.5 in seed 5, whose CPP never started; the bar is 17 points."""
     assert figures["probe/gain"] >= MIN_PROBE_GAIN, json.dumps(figures, indent=1)
 
 
 @pytest.mark.slow
 def test_mep_rises_well_above_chance(figures):
     """Held-out MEP of every Transformer (chance 0.25: three distinct negatives from the
-    clip's own video): visual 0.753 / 0.722 / 0.660 / 0.766, audio 0.907 / 0.906 / 0.876 /
-    0.883, multimodal 0.830 / 0.826 / 0.771 / 0.821 over seeds 0, 1, 2, 3; the bar is 0.58."""
+    clip's own video): visual 0.753 / 0.722 / 0.660 / 0.766 / 0.739 / 0.705, audio 0.907 /
+    0.906 / 0.876 / 0.883 / 0.872 / 0.891, multimodal 0.830 / 0.826 / 0.771 / 0.821 / 0.808 /
+    0.796 over seeds 0-5; the bar is 0.58."""
     report = json.dumps(figures, indent=1)
     for term in ("mep_visual", "mep_audio", "mep_multimodal"):
         assert figures[f"{term}/acc"] >= figures["mep/chance"] + MIN_MEP_OVER_CHANCE, report
