@@ -78,9 +78,9 @@ def test_cpp_pairs_sound_and_picture_by_their_events(figures):
     """Held-out CPP (clean second pass) after 1200 steps: 86.9, 91.2, 83.4, 84.0 and 85.4%
     over seeds 0-4; the bar is 75%. In seed 5 CPP stayed at chance for all 1200 steps
     (48.4%): when CPP starts varies with the seed and the machine, and a run in which it
-    does not start in time fails here (docs/learning.md). Only the clip's event ties sound to picture in this
-    world, so this is the test that CPP learns event correspondence (world 1's CPP
-    recognises the video)."""
+    does not start in time fails here (docs/learning.md). Only the clip's event ties sound
+    to picture in this world, so this is the test that CPP learns event correspondence
+    (world 1's CPP recognises the video)."""
     assert figures["cpp/acc"] >= MIN_CPP_ACC, json.dumps(figures, indent=1)
 
 
