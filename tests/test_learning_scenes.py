@@ -9,7 +9,7 @@ CPP that learns here pairs events. The class is again a temporal pattern of even
 Every figure is measured at the end of the run, in eval mode, on the 512 held-out
 videos of the ``val`` split (tests/learning.py); the run is the session's
 ``scenes_pretraining`` (tests/conftest.py; its recipe, the paper's model without dropout,
-with unmirrored training crops and lr 1.5e-3, is ``SCENES_PRETRAIN`` in
+with unmirrored training crops, lr 1.5e-3 and 1600 steps, is ``SCENES_PRETRAIN`` in
 tests/training_runs.py).
 
 ``python tests/test_learning_scenes.py RUN_DIR MANIFEST [overrides]`` runs the same
@@ -25,9 +25,11 @@ import pytest
 import torch
 from learning import learning_figures, tensor_batches
 
-# Bars, each at least 8 points below the worst of seeds 0-4. In seed 5 CPP never started within
-# the run, and it fails the CPP bar (figures in the test docstrings, docs/learning.md).
-MIN_PROBE_GAIN = 0.17
+# Bars from nine seeds (figures in the test docstrings, docs/learning.md). MEP's is 10 points
+# below the worst seed. CPP's and the probe gain's are at the issue's floors (75%, 15 points);
+# each is more than 8 points below the worst seed but one, and less below that one (seed 8's
+# CPP started late; seed 1's probe gain is low).
+MIN_PROBE_GAIN = 0.15
 MIN_CPP_ACC = 0.75
 MIN_MEP_OVER_CHANCE = 0.33
 
@@ -75,30 +77,30 @@ def test_the_run_read_real_media_through_the_manifest_loader(scenes_pretraining,
 
 @pytest.mark.slow
 def test_cpp_pairs_sound_and_picture_by_their_events(figures):
-    """Held-out CPP (clean second pass) after 1200 steps: 86.9, 91.2, 83.4, 84.0 and 85.4%
-    over seeds 0-4; the bar is 75%. In seed 5 CPP stayed at chance for all 1200 steps
-    (48.4%): when CPP starts varies with the seed and the machine, and a run in which it
-    does not start in time fails here (docs/learning.md). Only the clip's event ties sound
-    to picture in this world, so this is the test that CPP learns event correspondence
-    (world 1's CPP recognises the video)."""
+    """Held-out CPP (clean second pass) after 1600 steps: 91.8, 89.8, 91.8, 92.0, 94.3, 88.3,
+    90.8, 91.2 and 81.2% over seeds 0-8; the bar is 75%. CPP stays at chance and then rises;
+    on the training batches it passes 70% at steps 550-925 in seven seeds, at about 1250 in
+    seeds 5 and 8. When it starts varies with the seed and the machine, and a run in which
+    it starts much later than seed 8's fails here (docs/learning.md). Only the clip's
+    event ties sound to picture in this world, so this is the test that CPP learns event
+    correspondence (world 1's CPP recognises the video)."""
     assert figures["cpp/acc"] >= MIN_CPP_ACC, json.dumps(figures, indent=1)
 
 
 @pytest.mark.slow
 def test_probe_on_pretrained_features_beats_the_untrained_model(figures):
     """Probe of the task's feature (the two multimodal BOS outputs beside the mean clip
-    output), held out: pretrained minus untrained 32.4, 29.3, 32.2, 27.0 and 28.9 points
-    over seeds 0-4 (56.4 / 54.7 / 54.1 / 53.1 / 54.5% against 24.0 / 25.4 / 21.9 / 26.2 /
-    25.6%; chance 25%), and 22.5 in seed 5, whose CPP never started; the bar is 17 points."""
+    output), held out: pretrained minus untrained 35.0, 22.1, 37.7, 33.8, 31.6, 30.1, 34.0,
+    31.8 and 27.5 points over seeds 0-8 (59.0 / 47.5 / 59.6 / 60.0 / 57.2 / 53.7 / 58.4 /
+    58.0 / 53.1% against 21.9-26.2%; chance 25%); the bar is 15 points."""
     assert figures["probe/gain"] >= MIN_PROBE_GAIN, json.dumps(figures, indent=1)
 
 
 @pytest.mark.slow
 def test_mep_rises_well_above_chance(figures):
     """Held-out MEP of every Transformer (chance 0.25: three distinct negatives from the
-    clip's own video): visual 0.753 / 0.722 / 0.660 / 0.766 / 0.739 / 0.705, audio 0.907 /
-    0.906 / 0.876 / 0.883 / 0.872 / 0.891, multimodal 0.830 / 0.826 / 0.771 / 0.821 / 0.808 /
-    0.796 over seeds 0-5; the bar is 0.58."""
+    clip's own video) over seeds 0-8: visual 0.682-0.759, audio 0.881-0.914, multimodal
+    0.797-0.844; the bar is 0.58."""
     report = json.dumps(figures, indent=1)
     for term in ("mep_visual", "mep_audio", "mep_multimodal"):
         assert figures[f"{term}/acc"] >= figures["mep/chance"] + MIN_MEP_OVER_CHANCE, report
