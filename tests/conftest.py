@@ -55,12 +55,24 @@ def scenes_pretraining(learning_runs) -> Path:
     return learning_runs["scenes_pretraining"].wait()
 
 
+def run_order(item) -> int:
+    """0 for most tests; 1 for those marked ``two_cores`` (they keep both cores busy for
+    minutes); 2 for those that read the world-2 run."""
+    if "scenes_pretraining" in getattr(item, "fixturenames", ()):
+        return 2
+    return 1 if "two_cores" in item.keywords else 0
+
+
 def pytest_collection_modifyitems(config, items):
     """The tests that read the world-2 run go last, so the session runs the others while
-    that run trains in the background instead of waiting on it. ``AVBERT_SKIP_SLURM=1``
-    (set by tests/run.sh when it cannot start the local cluster) skips the tests marked
-    ``slurm``, saying why, instead of failing them."""
-    items.sort(key=lambda item: "scenes_pretraining" in getattr(item, "fixturenames", ()))
+    that run trains in the background instead of waiting on it. Just before them go the
+    tests marked ``two_cores``: early in a session the two background runs hold the cores,
+    late in it one of them is idle, so a test that brings its own second process fills it
+    there instead of slowing both background runs. The sort is stable: within each group
+    the collection order stays. ``AVBERT_SKIP_SLURM=1`` (set by tests/run.sh when it cannot
+    start the local cluster) skips the tests marked ``slurm``, saying why, instead of failing
+    them."""
+    items.sort(key=run_order)
     if os.environ.get("AVBERT_SKIP_SLURM") != "1":
         return
     skip = pytest.mark.skip(reason="AVBERT_SKIP_SLURM=1: the local Slurm cluster was not started")

@@ -32,6 +32,7 @@ def gain_over_scratch(table) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.two_cores
 def test_smoke_experiment_launched_then_collected(tmp_path):
     runs = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
