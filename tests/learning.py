@@ -9,9 +9,9 @@ never trained on:
 - ``probe/*``: multinomial logistic regression on frozen features of the training
   videos, tested on the held-out ones, for the pretrained model and for the same
   architecture at its initial weights (``probe/gain`` is the difference). The probe
-  judged reads the two multimodal BOS outputs (``AVBertOutput.summary()``, the video
-  feature the downstream heads read); the mean of the multimodal outputs is reported
-  beside it.
+  judged reads the synthetic task's downstream feature, ``m_context``: the two multimodal
+  BOS outputs (``AVBertOutput.summary()``) beside the means of the multimodal visual and
+  audio clip outputs; probes of each part alone are reported beside it.
 """
 
 from __future__ import annotations
@@ -39,14 +39,15 @@ FEATURES = ("context", "bos", "mean")
 @torch.no_grad()
 def features(model, batches: Batches) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Frozen multimodal features with labels: ``bos`` (the two multimodal BOS outputs),
-    ``mean`` (the mean of the multimodal clip outputs) and ``context`` (both side by side)."""
-    from avbert.models.heads import clip_outputs_mean
+    ``mean`` (the means of the multimodal visual and audio clip outputs) and ``context``
+    (both side by side: the downstream feature ``m_context``)."""
+    from avbert.models.heads import clip_outputs_means
 
     model.eval()
     means, bos, labels = [], [], []
     for batch in batches():
         out = model(batch["video"], batch["audio"], batch["valid"])
-        means.append(clip_outputs_mean(out))
+        means.append(clip_outputs_means(out))
         bos.append(out.summary())
         labels.append(batch["label"])
     labels, bos, means = torch.cat(labels), torch.cat(bos), torch.cat(means)

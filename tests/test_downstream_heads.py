@@ -177,7 +177,7 @@ def test_synthetic_test_views_layout():
     assert not torch.equal(item["video"][0], item["video"][1])  # left crop is shifted
 
 
-def test_context_feature_is_the_summary_beside_the_mean_of_valid_clip_outputs():
+def test_context_feature_is_the_summary_beside_the_means_of_valid_visual_and_audio_clip_outputs():
     torch.manual_seed(0)
     model = AVBert(ModelConfig.tiny()).eval()
     batch = tiny_batch()
@@ -187,5 +187,7 @@ def test_context_feature_is_the_summary_beside_the_mean_of_valid_clip_outputs():
         feature = extract_feature(model, batch, "m_context")
     t, width = batch["valid"].shape[1], model.width
     torch.testing.assert_close(feature[:, :2 * width], out.summary())
-    first = torch.cat([out.multimodal_hidden[0, 1:3], out.multimodal_hidden[0, 2 + t:4 + t]]).mean(0)
-    torch.testing.assert_close(feature[0, 2 * width:], first)
+    assert feature.shape == (3, 4 * width) == (3, feature_dim(model, "m_context"))
+    torch.testing.assert_close(feature[0, 2 * width:3 * width], out.multimodal_hidden[0, 1:3].mean(0))
+    torch.testing.assert_close(feature[0, 3 * width:], out.multimodal_hidden[0, 2 + t:4 + t].mean(0))
+    torch.testing.assert_close(feature[1, 3 * width:], out.multimodal_hidden[1, 2 + t:].mean(0))

@@ -20,11 +20,14 @@ a feature names are run:
   Transformer's two BOS outputs side by side (the two unimodal BOS outputs under late
   fusion), as the released code reads Kinetics-Sounds (``DOWNSTREAM_FUSION: concat``
   of the BOS outputs).
-* ``m_context`` (the synthetic set): ``summary()`` and beside it the mean of the last
-  Transformers' outputs at the valid clips. Pretraining trains the BOS outputs by CPP
-  alone and the clip outputs by MEP (docs/learning.md); the synthetic class is a
-  pattern of events that MEP learns to read from context, so its probe reads both. The
-  paper never evaluated this set: the choice is the suite's.
+* ``m_context`` (the synthetic set): ``summary()`` and beside it the means of the last
+  Transformers' outputs at the valid clips, the visual clips' and the audio clips'
+  side by side. Pretraining trains the BOS outputs by CPP alone and the clip outputs by
+  MEP (docs/learning.md); the synthetic class is a pattern of events that MEP learns to
+  read from context, so its probe reads both. The two modalities' clip outputs keep
+  their own weights in a linear head, as in the released code's sequence head
+  (``ConcatSeqHead``: ``fc1`` on each visual position beside its BOS, ``fc2`` on each
+  audio one). The paper never evaluated this set: the choice is the suite's.
 
 Each task's default (``TASK_FEATURE``) is the paper's: UCF101 ``v_cnn``, ESC-50
 ``a_cnn``, Kinetics-Sounds and Charades ``m_bert``. The released code puts BERT's
@@ -86,7 +89,7 @@ def feature_dim(model: AVBert, feature: str) -> int:
         return sum(cnn_width.values())
     if feature in UNIMODAL_TRANSFORMER_FEATURES:
         return model.width
-    return (3 if feature == "m_context" else 2) * model.width
+    return (4 if feature == "m_context" else 2) * model.width
 
 
 def _masked_mean(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -131,20 +134,20 @@ def extract_feature(model: AVBert, batch: dict, feature: str) -> torch.Tensor:
         return unimodal_bos(model, batch["audio"], valid, "audio")
     out = model(batch["video"], batch["audio"], valid)
     if feature == "m_context":
-        return torch.cat([out.summary(), clip_outputs_mean(out)], dim=-1)
+        return torch.cat([out.summary(), clip_outputs_means(out)], dim=-1)
     return out.summary()
 
 
-def clip_outputs_mean(out) -> torch.Tensor:
-    """[B, D]: the mean of the last Transformers' outputs at the valid clips of both
-    modalities (the multimodal Transformer's, or the two unimodal ones under late fusion)."""
+def clip_outputs_means(out) -> torch.Tensor:
+    """[B, 2D]: the mean of the last Transformers' outputs at the valid visual clips beside
+    that at the valid audio clips (the multimodal Transformer's, or the two unimodal ones
+    under late fusion)."""
     t = out.valid.shape[1]
     if out.multimodal_hidden is not None:
-        hidden = out.multimodal_hidden
-        clips = torch.cat([hidden[:, 1:1 + t], hidden[:, 2 + t:]], dim=1)
+        visual, audio = out.multimodal_hidden[:, 1:1 + t], out.multimodal_hidden[:, 2 + t:]
     else:
-        clips = torch.cat([out.visual_hidden[:, 1:], out.audio_hidden[:, 1:]], dim=1)
-    return _masked_mean(clips, torch.cat([out.valid, out.valid], dim=1))
+        visual, audio = out.visual_hidden[:, 1:], out.audio_hidden[:, 1:]
+    return torch.cat([_masked_mean(visual, out.valid), _masked_mean(audio, out.valid)], dim=-1)
 
 
 def build_head(in_dim: int, num_classes: int, protocol: str, dropout: float = 0.5) -> nn.Module:
