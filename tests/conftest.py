@@ -79,7 +79,8 @@ def pytest_collection_modifyitems(config, items):
     that run trains in the background instead of waiting on it. Just before them go the
     tests marked ``two_cores``: early in a session the two background runs hold the cores,
     late in it one of them is idle, so a test that brings its own second process fills it
-    there instead of slowing both background runs. The sort is stable: within each group
+    there instead of slowing both background runs. Tests that mostly wait (for Slurm's
+    time limits, say) belong early, where their waits overlap the background runs. The sort is stable: within each group
     the collection order stays. ``AVBERT_SKIP_SLURM=1`` (set by tests/run.sh when it cannot
     start the local cluster) skips the tests marked ``slurm``, saying why, instead of failing
     them."""

@@ -204,7 +204,6 @@ def wait_running_after_a_time_limit(run_dir: Path, steps_past: int, timeout_s: f
     pytest.fail(f"{run_dir} was not running again after a time limit within {timeout_s}s: {read_journal(run_dir)}")
 
 
-@pytest.mark.two_cores  # the reference run trains beside the Slurm job
 def test_requeue_and_time_limit_resume_with_the_losses_of_an_uninterrupted_run(tmp_path):
     experiment = tmp_path / "requeue.yaml"
     experiment.write_text(REQUEUE_EXPERIMENT)
