@@ -67,23 +67,27 @@ def scenes_pretraining(learning_runs) -> Path:
 
 
 def run_order(item) -> int:
-    """0 for most tests; 1 for those marked ``two_cores`` (they keep both cores busy for
-    minutes); 2 for those that read the world-2 run."""
-    if "scenes_pretraining" in getattr(item, "fixturenames", ()):
+    """0 for most tests; 1 for those that read the world-1 run; 2 for those marked
+    ``two_cores`` (they keep both cores busy for minutes); 3 for those that read the
+    world-2 run."""
+    fixtures = getattr(item, "fixturenames", ())
+    if "scenes_pretraining" in fixtures:
+        return 3
+    if "two_cores" in item.keywords:
         return 2
-    return 1 if "two_cores" in item.keywords else 0
+    return 1 if "synthetic_pretraining" in fixtures else 0
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests that read the world-2 run go last, so the session runs the others while
-    that run trains in the background instead of waiting on it. Just before them go the
-    tests marked ``two_cores``: early in a session the two background runs hold the cores,
-    late in it one of them is idle, so a test that brings its own second process fills it
-    there instead of slowing both background runs. Tests that mostly wait (for Slurm's
-    time limits, say) belong early, where their waits overlap the background runs. The sort is stable: within each group
-    the collection order stays. ``AVBERT_SKIP_SLURM=1`` (set by tests/run.sh when it cannot
-    start the local cluster) skips the tests marked ``slurm``, saying why, instead of failing
-    them."""
+    """The tests that read a background run go after the others, so the session runs
+    those while it trains instead of waiting on it: world 1's tests after the tests that
+    need no run, world 2's (the longer run) last. Just before world 2's go the tests marked
+    ``two_cores``: early in a session the two background runs hold the cores and such a
+    test takes twice as long, late in it one of them is idle. A test that mostly waits (on
+    Slurm's time limits, say) takes as long early as late, so it keeps its place. The sort
+    is stable: within each group the collection order stays. ``AVBERT_SKIP_SLURM=1`` (set
+    by tests/run.sh when it cannot start the local cluster) skips the tests marked
+    ``slurm``, saying why, instead of failing them."""
     items.sort(key=run_order)
     if os.environ.get("AVBERT_SKIP_SLURM") != "1":
         return
