@@ -303,7 +303,12 @@ class ObjectiveConfig:
     # minibatch" and leaves data parallelism unsaid; "rank" is the per-GPU minibatch, no
     # extra communication, and the default. Current-Sequence is the same under both.
     negatives_scope: Literal["rank", "global"] = "rank"
-    temperature: float = 0.1  # CANS sampling temperature on cosine similarity
+    # CANS sampling temperature on cosine similarity: P(j) ∝ exp(cos / temperature). The
+    # paper fixes none; it asks for negatives that are diverse but favour hard ones. 1 is
+    # P(j) ∝ exp(cos): the most similar candidate at most e^2 times likelier than the least.
+    # 0.1 draws almost only the nearest candidates, and on the scenes world, where 1 clip in
+    # 6 of a minibatch shows the positive's event, it kept CPP at chance (docs/learning.md).
+    temperature: float = 1.0
     score: Literal["projected", "bilinear"] = "projected"
     score_temperature: float = 0.1  # temperature of the projected MEP score (cosine / t)
     cpp_prob: float = 0.5

@@ -24,8 +24,10 @@ CANS: the paper says only that the probability of drawing x_j grows (Similar) or
 shrinks (Dissimilar) with Sim(x_q, x_j) on the CNN embedding space. The suite's
 choices: Sim is the cosine of the CNN tokens (after the projection and LayerNorm,
 the MEP targets), the distribution a softmax over the candidates at temperature
-``objective.temperature`` (0.1: a cosine 0.1 higher makes a draw e times likelier),
-draws without replacement (successive draws renormalise over the candidates left).
+``objective.temperature`` (1 by default: a cosine 1 higher makes a draw e times likelier,
+so every candidate keeps a chance and the nearest are favoured), draws without replacement
+(successive draws renormalise over the candidates left). docs/learning.md has what 0.1, 0.3
+and 1 do on the scenes world.
 Similarities are computed on detached CNN embeddings: sampling is not
 differentiable and must not steer the CNN.
 
@@ -157,7 +159,7 @@ class SimilaritySampler(NegativeSampler):
 
     sign = 1.0
 
-    def __init__(self, seed: int = 0, temperature: float = 0.1):
+    def __init__(self, seed: int = 0, temperature: float = 1.0):
         super().__init__(seed=seed)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -195,7 +197,7 @@ SAMPLERS: dict[str, type[NegativeSampler]] = {
 }
 
 
-def build_sampler(name: str, seed: int = 0, temperature: float = 0.1) -> NegativeSampler:
+def build_sampler(name: str, seed: int = 0, temperature: float = 1.0) -> NegativeSampler:
     """The sampler called ``name``; ``temperature`` applies to the CANS samplers only."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
