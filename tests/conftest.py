@@ -13,7 +13,8 @@ video, so a negative from another video differs from the positive by its video
 alone, and MEP learns to tell videos apart instead of events (held-out MEP
 0.74-0.78 against 16 negatives, CPP and the probe at chance after 1200 steps,
 seeds 0 and 1; docs/learning.md). World 2 draws every nuisance per clip, so no
-video identity is there to learn, and the paper's sampler learns it.
+video identity is there to learn, and the paper's sampler learns event
+correspondence there (docs/learning.md, "The paper's sampler on world 2").
 """
 
 from __future__ import annotations
