@@ -36,6 +36,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -165,8 +166,10 @@ class Manifest:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    @property
+    @cached_property
     def multilabel(self) -> bool:
+        """Whether any record has a label list. Cached: the loaders ask for every sample,
+        and a scan of a Kinetics-size manifest per sample would cost more than its decoding."""
         return any(r.labels is not None for r in self.records)
 
     @property
