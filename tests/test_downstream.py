@@ -16,8 +16,6 @@ import pytest
 import torch
 from training_runs import SYNTHETIC, run_train
 
-FINETUNE = SYNTHETIC + ["train.steps=250", "train.checkpoint_every=250", "train.log_every=50", "optim.lr=0.001",
-                        "optim.warmup_steps=20"]
 LINEAR = SYNTHETIC + ["train.steps=40", "train.checkpoint_every=40", "train.log_every=20", "optim.lr=0.01",
                       "optim.warmup_steps=5"]
 CHANCE = 100 / 4  # data.synthetic.num_classes
@@ -33,10 +31,10 @@ def read_eval(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def finetuned(pretrained, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("finetune")
-    run_train("finetune", run_dir, FINETUNE + [f"downstream.pretrained={pretrained}"])
-    return run_dir
+def finetuned(synthetic_finetuning) -> Path:
+    """The fine-tuning run from the export (``FINETUNE`` in tests/training_runs.py), made in the
+    background after the pretraining (conftest.py)."""
+    return synthetic_finetuning
 
 
 @pytest.mark.slow

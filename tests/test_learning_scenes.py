@@ -13,7 +13,9 @@ with unmirrored training crops, lr 1.5e-3 and 1600 steps, is ``SCENES_PRETRAIN``
 tests/training_runs.py).
 
 ``python tests/test_learning_scenes.py RUN_DIR MANIFEST [overrides]`` runs the same
-experiment by hand on a prepared scenes manifest and prints the figures.
+experiment by hand on a prepared scenes manifest and prints the figures; ``--figures
+RUN_DIR`` writes an existing run's figures to its probe.json, as the session does in the
+background after the run.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ def write_figures(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def figures(scenes_pretraining) -> dict:
-    return write_figures(scenes_pretraining)
+def figures(scenes_figures) -> dict:
+    return scenes_figures
 
 
 @pytest.mark.slow
@@ -110,8 +112,11 @@ def test_mep_rises_well_above_chance(figures):
 if __name__ == "__main__":
     import sys
 
-    from training_runs import SCENES_PRETRAIN, run_train
+    if sys.argv[1] == "--figures":  # an existing run's figures (the session's background chain)
+        write_figures(Path(sys.argv[2]))
+    else:
+        from training_runs import SCENES_PRETRAIN, run_train
 
-    run_dir, manifest = Path(sys.argv[1]), sys.argv[2]
-    run_train("pretrain", run_dir, SCENES_PRETRAIN + [f"data.manifest={manifest}"] + sys.argv[3:])
-    print(json.dumps(write_figures(run_dir), indent=1))
+        run_dir, manifest = Path(sys.argv[1]), sys.argv[2]
+        run_train("pretrain", run_dir, SCENES_PRETRAIN + [f"data.manifest={manifest}"] + sys.argv[3:])
+        print(json.dumps(write_figures(run_dir), indent=1))

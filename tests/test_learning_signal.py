@@ -11,7 +11,8 @@ the session's shared ``synthetic_pretraining`` (tests/conftest.py, which says wh
 its negatives come from the clip's own video).
 
 ``python tests/test_learning_signal.py RUN_DIR [overrides]`` runs the same
-experiment by hand and prints the figures.
+experiment by hand and prints the figures; ``--figures RUN_DIR`` writes an existing
+run's figures to its probe.json, as the session does in the background after the run.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def write_figures(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def figures(synthetic_pretraining) -> dict:
-    return write_figures(synthetic_pretraining)
+def figures(synthetic_figures) -> dict:
+    return synthetic_figures
 
 
 @pytest.mark.slow
@@ -90,7 +91,10 @@ def test_cpp_becomes_accurate(figures):
 
 
 if __name__ == "__main__":
-    from training_runs import PRETRAIN, run_train
+    if sys.argv[1] == "--figures":  # an existing run's figures (the session's background chain)
+        write_figures(Path(sys.argv[2]))
+    else:
+        from training_runs import PRETRAIN, run_train
 
-    run_train("pretrain", Path(sys.argv[1]), PRETRAIN + sys.argv[2:])
-    print(json.dumps(write_figures(Path(sys.argv[1])), indent=1))
+        run_train("pretrain", Path(sys.argv[1]), PRETRAIN + sys.argv[2:])
+        print(json.dumps(write_figures(Path(sys.argv[1])), indent=1))

@@ -5,7 +5,11 @@ The learning runs are the path a user's data takes: ``python -m avbert.train`` o
 one CPU process, and for the scenes world (``avbert.data.synthetic_scenes``) the
 media written as .mp4 files, ``tools/prepare_data.py generic`` and the manifest
 loader. Both start in the background as soon as the session knows it needs them,
-each on one core, so they overlap with each other and with the other tests.
+each on one core, so they overlap with each other and with the other tests. What
+the session's tests read of a run is made in the same background chain after the
+pretraining: its held-out figures (``probe.json``, written by the test module's own
+``--figures`` command) and, for world 1, the fine-tuning run. The tests that read
+them go last in a session (conftest.py), when the other tests leave a core idle.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ def pretrain_recipe(steps: int, lr: float = 0.001) -> list[str]:
 
 
 PRETRAIN = SYNTHETIC + pretrain_recipe(1200)
+# Fine-tuning from the world-1 export (tests/test_downstream.py).
+FINETUNE = SYNTHETIC + ["train.steps=250", "train.checkpoint_every=250", "train.log_every=50", "optim.lr=0.001",
+                        "optim.warmup_steps=20"]
 
 # The scenes world: 2560 videos of 4 classes written as H.264/AAC .mp4 (2048 train, 512 val),
 # read through the manifest loader. The same model and recipe, with three settings this world
@@ -107,15 +114,28 @@ class BackgroundRun:
             self.process.wait(30)
 
 
-def synthetic_pretraining(work: Path) -> BackgroundRun:
-    """The shared pretraining run on the built-in synthetic videos, in ``work/run``."""
+def figures_command(test_module: str, run_dir: Path) -> list[str]:
+    """``python tests/TEST_MODULE --figures RUN_DIR``: the run's held-out figures, into its probe.json."""
+    return [sys.executable, str(ROOT / "tests" / test_module), "--figures", str(run_dir)]
+
+
+def synthetic_pretraining(work: Path, figures: bool = True, finetune: bool = False) -> BackgroundRun:
+    """The shared pretraining run on the built-in synthetic videos, in ``work/run``; then its
+    figures (``figures``) and a fine-tuning run from its export in ``work/finetune``
+    (``finetune``)."""
     run_dir = work / "run"
-    return BackgroundRun("synthetic pretraining", run_dir, [train_command("pretrain", run_dir, PRETRAIN)])
+    commands = [train_command("pretrain", run_dir, PRETRAIN)]
+    if figures:
+        commands.append(figures_command("test_learning_signal.py", run_dir))
+    if finetune:
+        commands.append(train_command("finetune", work / "finetune",
+                                      FINETUNE + [f"downstream.pretrained={run_dir / 'export' / 'model.pt'}"]))
+    return BackgroundRun("synthetic pretraining", run_dir, commands)
 
 
-def scenes_pretraining(work: Path) -> BackgroundRun:
+def scenes_pretraining(work: Path, figures: bool = True) -> BackgroundRun:
     """Write the scenes world as .mp4 files, prepare its manifest as a user would, pretrain on it
-    (in ``work/run``)."""
+    (in ``work/run``); then its figures (``figures``)."""
     media, manifest, run_dir = work / "media", work / "manifest" / "scenes.jsonl", work / "run"
     commands = [
         [sys.executable, "tools/make_scenes.py", str(media), "--num-videos", str(SCENES_VIDEOS)],
@@ -123,4 +143,6 @@ def scenes_pretraining(work: Path) -> BackgroundRun:
          "--workers", "0"],
         train_command("pretrain", run_dir, SCENES_PRETRAIN + [f"data.manifest={manifest}"]),
     ]
+    if figures:
+        commands.append(figures_command("test_learning_scenes.py", run_dir))
     return BackgroundRun("scenes pretraining", run_dir, commands)
