@@ -30,6 +30,17 @@ import pytest
 import training_runs
 
 
+def pytest_configure(config):
+    """One intra-op thread for the torch work the tests do in this process. The background
+    runs and the tests' own training subprocesses (one thread each, tests/training_runs.py)
+    keep the cores busy, and a thread pool as wide as the machine then waits at every
+    parallel region for a thread the OS has descheduled: a 50-step optimisation of the tiny
+    model that takes seconds alone took minutes that way."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def learning_runs(request, tmp_path_factory) -> dict:
     """The learning runs this session's selected tests need, started at once, each with the
