@@ -9,7 +9,8 @@ each on one core, so they overlap with each other and with the other tests. What
 the session's tests read of a run is made in the same background chain after the
 pretraining: its held-out figures (``probe.json``, written by the test module's own
 ``--figures`` command) and, for world 1, the fine-tuning run. The tests that read
-them go last in a session (conftest.py), when the other tests leave a core idle.
+them go late in a session (conftest.py) and only assert, so the session's serial path
+does not do that work itself.
 """
 
 from __future__ import annotations
