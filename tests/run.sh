@@ -13,9 +13,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# --no-compile: Python compiles each module when it is first imported, rather than all of
-# torch and its dependencies up front.
-.venv/bin/python -m pip install -q --no-compile -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test]'
 
 started_cluster=0
 if [ "${AVBERT_SKIP_SLURM:-0}" != 1 ] && [ "$(id -u)" != 0 ]; then
